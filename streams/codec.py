@@ -1,0 +1,102 @@
+"""Stored values as versioned bytes: the layout of everything we keep in RocksDB.
+
+Every value starts with a format byte so a later release can read an older
+store. Integers in keys are big-endian so RocksDB's byte order is numeric
+order. Layouts (version 1):
+
+* backlog chunk:   ``01`` then, per item, ``u32 length`` + the item's JSON
+  (``streams.backlog`` owns it, beside its key layout).
+* appservice:      ``01`` then JSON ``[phase, inflight, attempt, retry_at_ms,
+  down_since_ms, last_txn_id, queued, applied, cursor]`` where ``inflight`` is
+  ``null`` or ``[txn_id, [n_events, n_ephemeral, n_to_device]]`` and ``cursor``
+  is three ``[head_chunk, head_pos, tail_chunk]`` lists, one per kind.
+* transaction:     ``01`` then ``u64 txn_id`` then the exact body bytes sent.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import orjson
+
+from streams.backlog import BacklogCursor, KindCursor
+from streams.errors import InvariantBroken
+from streams.machine import AppserviceState, Phase, Txn
+from streams.matrix import TxnID
+
+V1 = 1
+_U64 = struct.Struct(">Q")
+
+
+def expect_version(raw: bytes, what: str) -> None:
+    """Raises: InvariantBroken when ``raw`` is not in format version 1."""
+    if not raw or raw[0] != V1:
+        raise InvariantBroken(f"unknown {what} format {raw[:1]!r}: written by a newer release?")
+
+
+@dataclass(frozen=True)
+class StoredAppservice:
+    """What one appservice key holds: the machine state and its backlog cursor."""
+
+    machine: AppserviceState
+    cursor: BacklogCursor
+
+
+def encode_appservice(stored: StoredAppservice) -> bytes:
+    s = stored.machine
+    inflight = None if s.inflight is None else [s.inflight.txn_id, list(s.inflight.counts)]
+    cursor = [[k.head_chunk, k.head_pos, k.tail_chunk] for k in stored.cursor.kinds]
+    doc = [
+        s.phase.value,
+        inflight,
+        s.attempt,
+        s.retry_at_ms,
+        s.down_since_ms,
+        s.last_txn_id,
+        list(s.queued),
+        [list(p) for p in s.applied],
+        cursor,
+    ]
+    return bytes((V1,)) + orjson.dumps(doc)
+
+
+def decode_appservice(raw: bytes) -> StoredAppservice:
+    """Raises: InvariantBroken on an unknown version or a malformed value."""
+    expect_version(raw, "appservice state")
+    try:
+        phase, inflight, attempt, retry_at, down_since, last_txn_id, queued, applied, cursor = orjson.loads(raw[1:])
+        machine = AppserviceState(
+            phase=Phase(phase),
+            inflight=None
+            if inflight is None
+            else Txn(TxnID(inflight[0]), (inflight[1][0], inflight[1][1], inflight[1][2])),
+            attempt=attempt,
+            retry_at_ms=retry_at,
+            down_since_ms=down_since,
+            last_txn_id=last_txn_id,
+            queued=(queued[0], queued[1], queued[2]),
+            applied=tuple((p, o) for p, o in applied),
+        )
+        kinds = [KindCursor(h, p, t) for h, p, t in cursor]
+        return StoredAppservice(machine, BacklogCursor((kinds[0], kinds[1], kinds[2])))
+    except (ValueError, TypeError, IndexError) as exc:
+        raise InvariantBroken(f"malformed appservice state: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class StoredTxn:
+    txn_id: TxnID
+    body: bytes
+
+
+def encode_txn(txn: StoredTxn) -> bytes:
+    return bytes((V1,)) + _U64.pack(txn.txn_id) + txn.body
+
+
+def decode_txn(raw: bytes) -> StoredTxn:
+    """Raises: InvariantBroken on an unknown version or a truncated value."""
+    expect_version(raw, "transaction")
+    if len(raw) < 9:
+        raise InvariantBroken("truncated transaction")
+    return StoredTxn(TxnID(_U64.unpack_from(raw, 1)[0]), raw[9:])

@@ -1,0 +1,397 @@
+"""The per-appservice delivery state machine, sans-I/O.
+
+One ``AppserviceState`` per appservice. ``step(state, input, now_ms, config)``
+returns the next state and the commands the shell must carry out, in order.
+Nothing here sleeps, reads a clock, draws a random number or touches a
+network or a disk: time, jitter and every outcome are inputs.
+
+Phases (Synapse calls the first two UP and the last two DOWN)::
+
+    IDLE         nothing in flight, nothing queued
+    SENDING      one transaction in flight, appservice believed healthy
+    BACKING_OFF  the in-flight transaction failed; waiting for its retry time
+    RETRYING     the same transaction is being retried
+
+Guarantees the transitions keep (and ``tests/unit/test_machine.py`` proves):
+
+* at most one transaction in flight; a retry reuses its id and its body;
+* transaction ids strictly increase and start above the wall clock in
+  microseconds, so they are above any id a homeserver's own sender used and
+  a state lost in a crash can never make us reuse an id for other content;
+* items keep their order per kind; an idle appservice gets its first item at
+  once, alone; later ones go together, up to the per-kind limits;
+* while DOWN, new items are parked, not sent; on success the backlog drains in
+  full transactions back to back;
+* each input item is accepted once: an item whose source position
+  (input partition, offset) was already applied is dropped, which makes
+  Faust's at-least-once replays after a crash harmless.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from streams.backoff import backoff_ms
+from streams.errors import InvariantBroken
+from streams.matrix import TxnID
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"
+    SENDING = "sending"
+    BACKING_OFF = "backing_off"
+    RETRYING = "retrying"
+
+    @property
+    def is_down(self) -> bool:
+        return self in (Phase.BACKING_OFF, Phase.RETRYING)
+
+
+class ItemKind(enum.IntEnum):
+    """The independent FIFOs of one appservice; each has its own txn limit."""
+
+    EVENT = 0
+    EPHEMERAL = 1
+    TO_DEVICE = 2
+
+
+KINDS = tuple(ItemKind)
+Counts = tuple[int, int, int]
+NO_ITEMS: Counts = (0, 0, 0)
+
+
+@dataclass(frozen=True)
+class SourcePosition:
+    """Where an item came from on the input topic: the key of idempotence."""
+
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Item:
+    kind: ItemKind
+    source: SourcePosition
+    payload: bytes  # the item's JSON, as it goes into the transaction body
+
+
+@dataclass(frozen=True)
+class Txn:
+    """A formed transaction: its id and how many items of each kind it holds."""
+
+    txn_id: TxnID
+    counts: Counts
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    unit_ms: int = 1000
+    max_per_kind: Counts = (100, 100, 100)
+
+
+@dataclass(frozen=True)
+class AppserviceState:
+    phase: Phase = Phase.IDLE
+    inflight: Txn | None = None
+    attempt: int = 0
+    retry_at_ms: int | None = None
+    down_since_ms: int | None = None
+    last_txn_id: int = 0
+    queued: Counts = NO_ITEMS
+    # Highest input offset applied, per input partition, sorted by partition.
+    applied: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def backlog(self) -> int:
+        """Items accepted but not yet in a transaction."""
+        return sum(self.queued)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class ItemsArrived:
+    items: tuple[Item, ...]
+
+
+@dataclass(frozen=True)
+class TxnSucceeded:
+    txn_id: TxnID
+
+
+@dataclass(frozen=True)
+class TxnFailed:
+    txn_id: TxnID
+    reason: str
+    retry_after_ms: int | None = None
+    jitter: float = 0.0  # drawn by the shell, in [0, 1)
+
+
+@dataclass(frozen=True)
+class RetryDue:
+    txn_id: TxnID
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A worker took ownership: resend what was in flight, re-arm timers."""
+
+
+@dataclass(frozen=True)
+class PingSucceeded:
+    """The appservice answered a ping: retry a backing-off txn right now."""
+
+
+Input = ItemsArrived | TxnSucceeded | TxnFailed | RetryDue | Resume | PingSucceeded
+
+# --------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True)
+class Enqueue:
+    """Append payloads, in order, to the tail of this kind's backlog."""
+
+    kind: ItemKind
+    payloads: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class FormTxn:
+    """Take ``txn.counts`` items from the head of each backlog, store them
+    durably as transaction ``txn.txn_id``."""
+
+    txn: Txn
+
+
+@dataclass(frozen=True)
+class SendTxn:
+    """Send the stored transaction (again, if ``attempt`` > 0)."""
+
+    txn_id: TxnID
+    attempt: int
+
+
+@dataclass(frozen=True)
+class ScheduleRetry:
+    txn_id: TxnID
+    due_ms: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class ForgetTxn:
+    """The transaction was delivered; its stored body can go."""
+
+    txn_id: TxnID
+
+
+@dataclass(frozen=True)
+class WentDown:
+    txn_id: TxnID
+    reason: str
+
+
+@dataclass(frozen=True)
+class CameUp:
+    txn_id: TxnID
+    down_for_ms: int
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """An input that no longer applies (a stale outcome, a duplicate timer)."""
+
+    reason: str
+
+
+Command = Enqueue | FormTxn | SendTxn | ScheduleRetry | ForgetTxn | WentDown | CameUp | Ignored
+Commands = list[Command]
+
+# ------------------------------------------------------------ transitions
+
+
+def step(state: AppserviceState, event: Input, now_ms: int, config: MachineConfig) -> tuple[AppserviceState, Commands]:
+    """Apply one input; return the next state and the commands to carry out.
+
+    Raises:
+        InvariantBroken: a (phase, input) pair that has no transition, or a
+            state that breaks the invariants above. Either is our bug.
+    """
+    if isinstance(event, (TxnSucceeded, TxnFailed, RetryDue)):
+        current = state.inflight.txn_id if state.inflight else None
+        if event.txn_id != current:
+            return state, [Ignored(f"{type(event).__name__} for txn {event.txn_id}, in flight: {current}")]
+    _check(state)
+    handler = _TRANSITIONS.get((state.phase, type(event)))
+    if handler is None:
+        raise InvariantBroken(f"no transition from {state.phase.name} on {type(event).__name__}")
+    commands: Commands = []
+    new_state = handler(state, event, now_ms, config, commands)
+    _check(new_state)
+    return new_state, commands
+
+
+def _check(state: AppserviceState) -> None:
+    if (state.phase is Phase.IDLE) != (state.inflight is None):
+        raise InvariantBroken(f"phase {state.phase.name} with inflight {state.inflight}")
+    if state.phase is Phase.IDLE and state.backlog:
+        raise InvariantBroken(f"IDLE with {state.backlog} items queued")
+    if state.phase is Phase.BACKING_OFF and state.retry_at_ms is None:
+        raise InvariantBroken("BACKING_OFF without a retry time")
+    if min(state.queued) < 0:
+        raise InvariantBroken(f"negative queue {state.queued}")
+
+
+def _next_txn_id(state: AppserviceState, now_ms: int) -> int:
+    # Clock-derived: above any id a homeserver's counter reached, and above
+    # every id we used before a crash that lost our state.
+    return max(state.last_txn_id + 1, now_ms * 1000)
+
+
+def _form_and_send(state: AppserviceState, now_ms: int, config: MachineConfig, out: Commands) -> AppserviceState:
+    counts: Counts = (
+        min(state.queued[0], config.max_per_kind[0]),
+        min(state.queued[1], config.max_per_kind[1]),
+        min(state.queued[2], config.max_per_kind[2]),
+    )
+    txn_id = TxnID(_next_txn_id(state, now_ms))
+    txn = Txn(txn_id, counts)
+    out.append(FormTxn(txn))
+    out.append(SendTxn(txn_id, 0))
+    return replace(
+        state,
+        phase=Phase.SENDING,
+        inflight=txn,
+        last_txn_id=txn_id,
+        queued=(state.queued[0] - counts[0], state.queued[1] - counts[1], state.queued[2] - counts[2]),
+    )
+
+
+def _items_arrived(
+    state: AppserviceState, event: ItemsArrived, now_ms: int, config: MachineConfig, out: Commands
+) -> AppserviceState:
+    applied = dict(state.applied)
+    for item in event.items:
+        if item.source.offset <= applied.get(item.source.partition, -1):
+            continue  # a replay of an item we already hold
+        applied[item.source.partition] = item.source.offset
+        last = out[-1] if out else None
+        if isinstance(last, Enqueue) and last.kind is item.kind:
+            out[-1] = Enqueue(item.kind, (*last.payloads, item.payload))
+        else:
+            out.append(Enqueue(item.kind, (item.payload,)))
+        queued = list(state.queued)
+        queued[item.kind] += 1
+        state = replace(state, queued=(queued[0], queued[1], queued[2]))
+        if state.phase is Phase.IDLE:
+            state = _form_and_send(state, now_ms, config, out)
+    return replace(state, applied=tuple(sorted(applied.items())))
+
+
+def _succeeded(
+    state: AppserviceState, event: TxnSucceeded, now_ms: int, config: MachineConfig, out: Commands
+) -> AppserviceState:
+    out.append(ForgetTxn(event.txn_id))
+    if state.phase.is_down:
+        since = state.down_since_ms if state.down_since_ms is not None else now_ms
+        out.append(CameUp(event.txn_id, max(0, now_ms - since)))
+    state = replace(state, phase=Phase.IDLE, inflight=None, attempt=0, retry_at_ms=None, down_since_ms=None)
+    if state.backlog:
+        state = _form_and_send(state, now_ms, config, out)
+    return state
+
+
+def _failed(
+    state: AppserviceState, event: TxnFailed, now_ms: int, config: MachineConfig, out: Commands
+) -> AppserviceState:
+    attempt = state.attempt + 1
+    due = now_ms + backoff_ms(attempt, unit_ms=config.unit_ms, jitter=event.jitter, retry_after_ms=event.retry_after_ms)
+    if not state.phase.is_down:
+        out.append(WentDown(event.txn_id, event.reason))
+    out.append(ScheduleRetry(event.txn_id, due, attempt))
+    return replace(
+        state,
+        phase=Phase.BACKING_OFF,
+        attempt=attempt,
+        retry_at_ms=due,
+        down_since_ms=state.down_since_ms if state.down_since_ms is not None else now_ms,
+    )
+
+
+def _retry_due(
+    state: AppserviceState, event: RetryDue, now_ms: int, config: MachineConfig, out: Commands
+) -> AppserviceState:
+    assert state.retry_at_ms is not None  # guaranteed by _check for BACKING_OFF
+    if now_ms < state.retry_at_ms:
+        # Woken early (a replayed timer, another worker's clock): re-arm.
+        out.append(ScheduleRetry(event.txn_id, state.retry_at_ms, state.attempt))
+        return state
+    out.append(SendTxn(event.txn_id, state.attempt))
+    return replace(state, phase=Phase.RETRYING)
+
+
+def _retry_now(
+    state: AppserviceState, event: PingSucceeded, now_ms: int, config: MachineConfig, out: Commands
+) -> AppserviceState:
+    assert state.inflight is not None
+    out.append(SendTxn(state.inflight.txn_id, state.attempt))
+    return replace(state, phase=Phase.RETRYING)
+
+
+def _resend(
+    state: AppserviceState, event: Resume, now_ms: int, config: MachineConfig, out: Commands
+) -> AppserviceState:
+    assert state.inflight is not None
+    out.append(SendTxn(state.inflight.txn_id, state.attempt))
+    return state
+
+
+def _rearm(state: AppserviceState, event: Resume, now_ms: int, config: MachineConfig, out: Commands) -> AppserviceState:
+    assert state.inflight is not None and state.retry_at_ms is not None
+    out.append(ScheduleRetry(state.inflight.txn_id, state.retry_at_ms, state.attempt))
+    return state
+
+
+def _ignore(reason: str) -> Callable[..., AppserviceState]:
+    def handler(
+        state: AppserviceState, event: Input, now_ms: int, config: MachineConfig, out: Commands
+    ) -> AppserviceState:
+        out.append(Ignored(reason))
+        return state
+
+    return handler
+
+
+# Handlers take their own input type; the table's lookup key guarantees it.
+_Handler = Callable[..., AppserviceState]
+
+# (phase, input) -> handler. Outcomes for a txn other than the one in flight
+# never get here (``step`` answers them with Ignored first), so IDLE has no
+# outcome rows: with nothing in flight every outcome is stale.
+_TRANSITIONS: dict[tuple[Phase, type], _Handler] = {
+    (Phase.IDLE, ItemsArrived): _items_arrived,
+    (Phase.IDLE, Resume): _ignore("nothing in flight"),
+    (Phase.IDLE, PingSucceeded): _ignore("nothing to retry"),
+    (Phase.SENDING, ItemsArrived): _items_arrived,
+    (Phase.SENDING, TxnSucceeded): _succeeded,
+    (Phase.SENDING, TxnFailed): _failed,
+    (Phase.SENDING, RetryDue): _ignore("not backing off"),
+    (Phase.SENDING, Resume): _resend,
+    (Phase.SENDING, PingSucceeded): _ignore("already sending"),
+    (Phase.BACKING_OFF, ItemsArrived): _items_arrived,
+    # A late success of an earlier attempt: same id, same body, delivered.
+    (Phase.BACKING_OFF, TxnSucceeded): _succeeded,
+    (Phase.BACKING_OFF, TxnFailed): _ignore("already backing off"),
+    (Phase.BACKING_OFF, RetryDue): _retry_due,
+    (Phase.BACKING_OFF, Resume): _rearm,
+    (Phase.BACKING_OFF, PingSucceeded): _retry_now,
+    (Phase.RETRYING, ItemsArrived): _items_arrived,
+    (Phase.RETRYING, TxnSucceeded): _succeeded,
+    (Phase.RETRYING, TxnFailed): _failed,
+    (Phase.RETRYING, RetryDue): _ignore("retry already in flight"),
+    (Phase.RETRYING, Resume): _resend,
+    (Phase.RETRYING, PingSucceeded): _ignore("retry already in flight"),
+}

@@ -1,0 +1,199 @@
+"""Stored bytes: backlog chunks, appservice state and transactions, plus one delivery step."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from streams.backlog import Backlog, BacklogCursor, KindCursor, chunk_key, decode_chunk, encode_chunk
+from streams.codec import StoredAppservice, StoredTxn, decode_appservice, decode_txn, encode_appservice, encode_txn
+from streams.delivery import BodyFormat, run_step, state_key, txn_key
+from streams.errors import InvariantBroken
+from streams.machine import (
+    AppserviceState,
+    Item,
+    ItemKind,
+    ItemsArrived,
+    MachineConfig,
+    Phase,
+    SourcePosition,
+    Txn,
+    TxnFailed,
+    TxnSucceeded,
+)
+from streams.matrix import AppserviceID, TxnID
+from streams.transaction import build_body
+
+
+class DictStore:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.writes = 0
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.writes += 1
+        self.data[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.data.pop(key, None)
+
+
+def test_chunk_golden_bytes() -> None:
+    assert encode_chunk([b"{}", b"[1]"]) == b"\x01\x00\x00\x00\x02{}\x00\x00\x00\x03[1]"
+
+
+def test_chunk_round_trip() -> None:
+    assert decode_chunk(encode_chunk([b"a", b"", b"ccc"])) == [b"a", b"", b"ccc"]
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x02", b"\x01\x00\x00\x00\x05ab"])
+def test_bad_chunks_raise(raw: bytes) -> None:
+    with pytest.raises(InvariantBroken):
+        decode_chunk(raw)
+
+
+def test_chunk_keys_sort_numerically() -> None:
+    keys = [chunk_key("as", ItemKind.EVENT, n) for n in (2, 256, 1, 65536)]
+    assert sorted(keys) == [chunk_key("as", ItemKind.EVENT, n) for n in (1, 2, 256, 65536)]
+
+
+def test_appservice_state_round_trip() -> None:
+    stored = StoredAppservice(
+        AppserviceState(
+            phase=Phase.BACKING_OFF,
+            inflight=Txn(TxnID(123), (1, 2, 3)),
+            attempt=2,
+            retry_at_ms=99,
+            down_since_ms=50,
+            last_txn_id=123,
+            queued=(4, 5, 6),
+            applied=((0, 10), (3, 7)),
+        ),
+        BacklogCursor((KindCursor(1, 2, 3), KindCursor(), KindCursor(0, 0, 9))),
+    )
+    assert decode_appservice(encode_appservice(stored)) == stored
+
+
+def test_appservice_state_golden_bytes() -> None:
+    raw = encode_appservice(StoredAppservice(AppserviceState(), BacklogCursor()))
+    assert raw == b'\x01["idle",null,0,null,null,0,[0,0,0],[],[[0,0,0],[0,0,0],[0,0,0]]]'
+
+
+def test_txn_golden_bytes_and_round_trip() -> None:
+    raw = encode_txn(StoredTxn(TxnID(258), b'{"events":[]}'))
+    assert raw == b'\x01\x00\x00\x00\x00\x00\x00\x01\x02{"events":[]}'
+    assert decode_txn(raw) == StoredTxn(TxnID(258), b'{"events":[]}')
+
+
+def test_backlog_is_fifo_across_chunks_and_partial_takes() -> None:
+    store = DictStore()
+    backlog = Backlog("as", BacklogCursor(), store)
+    backlog.append(ItemKind.EVENT, [b"1", b"2", b"3"])
+    cursor = backlog.flush()
+    backlog = Backlog("as", cursor, store)
+    backlog.append(ItemKind.EVENT, [b"4", b"5"])
+    cursor = backlog.flush()
+    backlog = Backlog("as", cursor, store)
+    assert backlog.take(ItemKind.EVENT, 2) == [b"1", b"2"]
+    assert backlog.take(ItemKind.EVENT, 2) == [b"3", b"4"]
+    cursor = backlog.flush()
+    assert Backlog("as", cursor, store).take(ItemKind.EVENT, 1) == [b"5"]
+
+
+def test_backlog_consumed_chunks_are_deleted() -> None:
+    store = DictStore()
+    backlog = Backlog("as", BacklogCursor(), store)
+    backlog.append(ItemKind.EVENT, [b"1"])
+    backlog = Backlog("as", backlog.flush(), store)
+    backlog.take(ItemKind.EVENT, 1)
+    backlog.flush()
+    assert store.data == {}
+
+
+def test_items_appended_and_taken_in_one_step_are_never_written() -> None:
+    store = DictStore()
+    backlog = Backlog("as", BacklogCursor(), store)
+    backlog.append(ItemKind.EVENT, [b"1", b"2"])
+    assert backlog.take(ItemKind.EVENT, 2) == [b"1", b"2"]
+    backlog.flush()
+    assert store.writes == 0
+
+
+def test_taking_more_than_held_raises() -> None:
+    with pytest.raises(InvariantBroken):
+        Backlog("as", BacklogCursor(), DictStore()).take(ItemKind.EVENT, 1)
+
+
+def test_body_has_events_and_both_to_device_names() -> None:
+    body = orjson.loads(build_body([b'{"a":1}'], [], [b'{"t":1}']))
+    assert body == {"events": [{"a": 1}], "to_device": [{"t": 1}], "de.sorunome.msc2409.to_device": [{"t": 1}]}
+
+
+@pytest.mark.parametrize(
+    "stable,unstable,keys",
+    [(True, False, {"events", "ephemeral"}), (False, True, {"events", "de.sorunome.msc2409.ephemeral"})],
+)
+def test_body_ephemeral_keys_follow_the_registration(stable: bool, unstable: bool, keys: set[str]) -> None:
+    body = orjson.loads(build_body([], [b"{}"], ephemeral_stable=stable, ephemeral_unstable=unstable))
+    assert set(body) == keys
+
+
+AS = AppserviceID("bridge")
+CONFIG = MachineConfig(unit_ms=1000)
+
+
+def arrived(*offsets: int) -> ItemsArrived:
+    return ItemsArrived(tuple(Item(ItemKind.EVENT, SourcePosition(0, o), b'{"o":%d}' % o) for o in offsets))
+
+
+def test_a_step_stores_the_txn_before_returning_its_send() -> None:
+    store = DictStore()
+    result = run_step(AS, [arrived(1)], store, now_ms=1000, config=CONFIG)
+    [send] = result.sends
+    assert send.body == b'{"events":[{"o":1}]}'
+    assert decode_txn(store.data[txn_key(AS)]) == StoredTxn(send.txn_id, send.body)
+    assert decode_appservice(store.data[state_key(AS)]).machine.inflight is not None
+
+
+def test_a_retry_sends_exactly_the_stored_bytes() -> None:
+    store = DictStore()
+    first = run_step(AS, [arrived(1)], store, now_ms=1000, config=CONFIG).sends[0]
+    run_step(AS, [TxnFailed(first.txn_id, "x"), arrived(2, 3)], store, now_ms=1000, config=CONFIG)
+    from streams.machine import RetryDue
+
+    [retry] = run_step(AS, [RetryDue(first.txn_id)], store, now_ms=3000, config=CONFIG).sends
+    assert (retry.txn_id, retry.body, retry.attempt) == (first.txn_id, first.body, 1)
+
+
+def test_the_parked_backlog_survives_between_steps_and_drains_in_order() -> None:
+    store = DictStore()
+    first = run_step(AS, [arrived(0)], store, now_ms=1000, config=CONFIG).sends[0]
+    for o in range(1, 151):
+        run_step(AS, [arrived(o)], store, now_ms=1000, config=CONFIG)
+    bodies = []
+    send = first
+    while True:
+        result = run_step(AS, [TxnSucceeded(send.txn_id)], store, now_ms=2000, config=CONFIG)
+        if not result.sends:
+            break
+        send = result.sends[0]
+        bodies.append(orjson.loads(send.body)["events"])
+    assert [len(b) for b in bodies] == [100, 50]
+    assert [e["o"] for b in bodies for e in b] == list(range(1, 151))
+    assert set(store.data) == {state_key(AS)}
+
+
+def test_body_format_is_applied_to_formed_txns() -> None:
+    item = Item(ItemKind.EPHEMERAL, SourcePosition(0, 1), b'{"type":"m.typing"}')
+    result = run_step(
+        AS,
+        [ItemsArrived((item,))],
+        DictStore(),
+        now_ms=1,
+        config=CONFIG,
+        body_format=BodyFormat(ephemeral_unstable=True),
+    )
+    assert b"de.sorunome.msc2409.ephemeral" in result.sends[0].body
