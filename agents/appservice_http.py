@@ -1,0 +1,91 @@
+"""The HTTP adapter: PUT transactions to appservices, turn everything into an Outcome.
+
+This is the only module that imports aiohttp's client. One pooled session per
+appservice, so a slow appservice's sockets never starve another's. Tokens go
+into headers (and, if the operator opts in, the legacy query parameter) and
+never into a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+import orjson
+
+from streams.matrix import TRANSACTIONS_PATH, TxnID
+from streams.outcome import ConnectFailed, Delivered, HttpError, Outcome, TimedOut
+from streams.registration import Registration
+
+log = logging.getLogger(__name__)
+
+
+def _retry_after_ms(response: aiohttp.ClientResponse, body: bytes) -> int | None:
+    header = response.headers.get("Retry-After")
+    if header and header.isdigit():
+        return int(header) * 1000
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    value = doc.get("retry_after_ms") if isinstance(doc, dict) else None
+    return value if isinstance(value, int) and value >= 0 else None
+
+
+class AppserviceClient:
+    def __init__(
+        self, *, connect_timeout_s: float, response_timeout_s: float, legacy_authorization: bool = False
+    ) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=response_timeout_s)
+        self._legacy = legacy_authorization
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def _session(self, registration: Registration) -> aiohttp.ClientSession:
+        session = self._sessions.get(registration.id)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(limit=4, enable_cleanup_closed=True)
+            session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, json_serialize=lambda o: orjson.dumps(o).decode()
+            )
+            self._sessions[registration.id] = session
+        return session
+
+    async def put_transaction(self, registration: Registration, txn_id: TxnID, body: bytes) -> Outcome:
+        """PUT one transaction; never raises for anything the network or the appservice does."""
+        assert registration.url is not None, "url: null appservices are never routed to"
+        url = registration.url.rstrip("/") + TRANSACTIONS_PATH.format(txn_id=txn_id)
+        headers = {"Authorization": f"Bearer {registration.hs_token}", "Content-Type": "application/json"}
+        params = {"access_token": registration.hs_token} if self._legacy else None
+        try:
+            async with self._session(registration).put(url, data=body, headers=headers, params=params) as response:
+                payload = await response.read()
+                if 200 <= response.status < 300:
+                    try:
+                        orjson.loads(payload)
+                    except orjson.JSONDecodeError:
+                        return HttpError(response.status, "not JSON")
+                    return Delivered(response.status)
+                errcode = None
+                try:
+                    doc = orjson.loads(payload)
+                    errcode = doc.get("errcode") if isinstance(doc, dict) else None
+                except orjson.JSONDecodeError:
+                    pass
+                return HttpError(response.status, errcode, _retry_after_ms(response, payload))
+        except aiohttp.ServerTimeoutError as exc:
+            phase = "connect" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "response"
+            return TimedOut(phase)
+        except TimeoutError:
+            # A total timeout surfaces as a bare TimeoutError, not a ClientError.
+            return TimedOut("response")
+        except aiohttp.ClientConnectorError as exc:
+            return ConnectFailed(type(exc.os_error).__name__ if exc.os_error else "connect error")
+        except aiohttp.ClientError as exc:
+            return ConnectFailed(type(exc).__name__)
+        except OSError as exc:
+            return ConnectFailed(type(exc).__name__)
+
+    async def stop(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()

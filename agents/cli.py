@@ -1,0 +1,160 @@
+"""The ``appservice-streams`` command.
+
+appservice-streams kafka start|stop|status|reset   local KRaft broker (127.0.0.1)
+appservice-streams worker --registrations DIR      run a worker
+appservice-streams produce [FILE]                  JSON lines → matrix.events
+appservice-streams demo                            everything, end to end
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from streams.errors import BadRecord, ConfigError
+
+log = logging.getLogger("appservice_streams")
+
+
+def _kafka(args: argparse.Namespace) -> int:
+    from streams.local_kafka import LocalKafka, LocalKafkaError
+
+    kafka = LocalKafka(root=Path(args.home), port=args.port)
+    try:
+        if args.action == "start":
+            kafka.start()
+            print(f"kafka running on {kafka.bootstrap}")
+        elif args.action == "stop":
+            kafka.stop()
+            print("kafka stopped")
+        elif args.action == "reset":
+            kafka.reset()
+            print("kafka stopped and its data deleted")
+        else:
+            status = kafka.status()
+            print(status)
+            return 0 if status.running else 1
+    except LocalKafkaError as exc:
+        print(f"appservice-streams kafka {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from streams.registration import load_registrations
+    from streams.settings import from_environment
+
+    try:
+        settings = from_environment(
+            Path(args.registrations),
+            server_name=args.server_name,
+            app_id=args.app_id,
+            bootstrap_servers=args.bootstrap_servers,
+            data_dir=Path(args.data_dir) if args.data_dir else None,
+        )
+        registrations = load_registrations(settings.registrations_dir)
+        from agents.topics import ensure_topic
+
+        ensure_topic(settings.bootstrap_servers, settings.input_topic, settings.input_partitions)
+    except ConfigError as exc:
+        print(f"appservice-streams worker: {exc}", file=sys.stderr)
+        return 2
+    import faust
+
+    from agents.pipeline import create_pipeline
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    pipeline = create_pipeline(settings, registrations)
+    for r in registrations:
+        log.info("appservice %s: %s", r.id, "url: null, nothing is sent" if r.url is None else r.url)
+    worker = faust.Worker(pipeline.app, loglevel=args.log_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()  # exits the process
+    return 0
+
+
+def _produce(args: argparse.Namespace) -> int:
+    import orjson
+
+    from agents.producer import EventProducer
+
+    bootstrap = args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092"
+    name = args.file or "<stdin>"
+    source = open(args.file, "rb") if args.file else sys.stdin.buffer  # noqa: SIM115
+    producer = EventProducer(bootstrap, args.topic)
+    sent = refused = 0
+    try:
+        for number, line in enumerate(source, start=1):
+            if not line.strip():
+                continue
+            try:
+                doc = orjson.loads(line)
+                if isinstance(doc, dict) and "v" in doc:
+                    producer.send_envelope(line.strip())
+                elif isinstance(doc, dict):
+                    producer.send_event(doc)
+                else:
+                    raise BadRecord("line is not a JSON object")
+                sent += 1
+            except (orjson.JSONDecodeError, BadRecord) as exc:
+                refused += 1
+                print(f"{name}:{number}: refused: {exc}", file=sys.stderr)
+            if sent and sent % 10_000 == 0:
+                print(f"{sent} records queued", file=sys.stderr)
+        producer.flush()
+    finally:
+        if args.file:
+            source.close()
+    print(f"{sent} records produced to {args.topic}" + (f", {refused} refused" if refused else ""), file=sys.stderr)
+    return 1 if refused else 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from agents.demo import run_demo
+
+    return run_demo(Path(args.home), events=args.events)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="appservice-streams", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    kafka = sub.add_parser("kafka", help="run the local Kafka broker")
+    kafka.add_argument("action", choices=["start", "stop", "status", "reset"])
+    kafka.add_argument("--home", default=".", help="folder that holds .kafka/ and kafka/pom.xml (default: .)")
+    kafka.add_argument("--port", type=int, default=9092)
+    kafka.set_defaults(run=_kafka)
+
+    worker = sub.add_parser("worker", help="run a delivery worker")
+    worker.add_argument("--registrations", required=True, help="folder of appservice registration YAML files")
+    worker.add_argument("--server-name", help="the homeserver's server name (or MATRIX_SERVER_NAME)")
+    worker.add_argument("--app-id", help="consumer group and topic prefix (default appservice-streams)")
+    worker.add_argument("--bootstrap-servers", help="Kafka (default KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)")
+    worker.add_argument("--data-dir", help="RocksDB state folder (default .data)")
+    worker.add_argument("--log-level", default="info")
+    worker.set_defaults(run=_worker)
+
+    produce = sub.add_parser("produce", help="produce JSON lines (events or envelopes) to the input topic")
+    produce.add_argument("file", nargs="?", help="JSON lines file (default: standard input)")
+    produce.add_argument("--topic", default="matrix.events")
+    produce.add_argument("--bootstrap-servers")
+    produce.set_defaults(run=_produce)
+
+    demo = sub.add_parser("demo", help="broker + worker + a demo appservice + sample events, end to end")
+    demo.add_argument("--home", default=".")
+    demo.add_argument("--events", type=int, default=250)
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

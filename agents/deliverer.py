@@ -1,0 +1,164 @@
+"""The transaction agent: the inbox, one appservice at a time, into stored txns and sends.
+
+For each batch taken from the inbox: group records by partition, then by
+appservice (order kept), run ``streams.delivery.run_step`` with the partition's
+event current (so table writes land in the right RocksDB shard and changelog
+partition), then start the HTTP sends and produce the retry timers it asked
+for. Sends run as background tasks, one in flight per appservice, so a hung
+appservice never holds up the batch or any other appservice; their outcomes
+come back through the inbox as records, keyed by appservice ID, and change
+state only there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from typing import Any
+
+from agents.fatal import fatal
+from agents.pipeline import Pipeline, now_ms
+from agents.table_store import TableStore, partition_of
+from streams.delivery import BodyFormat, Send, run_step
+from streams.errors import BadRecord
+from streams.machine import CameUp, Input, MachineConfig, Resume, TxnFailed, TxnSucceeded, WentDown
+from streams.matrix import AppserviceID
+from streams.outcome import as_input
+from streams.records import DelayRecord, decode_inbox, encode_delay, encode_outcome
+
+log = logging.getLogger(__name__)
+
+# How long to wait before producing an outcome again when Kafka refuses it.
+REPORT_RETRY_S = 1.0
+
+
+class Senders:
+    """At most one HTTP attempt per (appservice, txn id) in this process."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+        self._running: dict[tuple[AppserviceID, int], asyncio.Task[None]] = {}
+
+    def start(self, send: Send) -> None:
+        key = (send.appservice_id, send.txn_id)
+        if key in self._running:
+            return  # a resume asked again for what is already on the wire
+        task = self._pipeline.background.spawn(self._send(send), f"send {send.appservice_id} txn {send.txn_id}")
+        self._running[key] = task
+        task.add_done_callback(lambda _: self._running.pop(key, None))
+
+    async def _send(self, send: Send) -> None:
+        pipeline = self._pipeline
+        registration = pipeline.registrations[send.appservice_id]
+        # The txn's changelog record must be durable before anyone can see its id.
+        await pipeline.app.producer.flush()
+        outcome = await pipeline.client.put_transaction(registration, send.txn_id, send.body)
+        result = as_input(outcome, send.txn_id, jitter=random.random())
+        if isinstance(result, TxnFailed):
+            log.info(
+                "appservice %s txn %s attempt %d failed: %s",
+                send.appservice_id,
+                send.txn_id,
+                send.attempt,
+                result.reason,
+            )
+        await report(pipeline, send.appservice_id, result)
+
+    async def stop(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+
+
+async def report(pipeline: Pipeline, appservice_id: AppserviceID, result: Input) -> None:
+    """Produce a machine input to the inbox, retrying until Kafka takes it.
+
+    Giving up would leave the appservice waiting forever on an outcome that
+    never comes; retrying is safe because stale or duplicate outcomes are
+    ignored by the machine.
+    """
+    value = encode_outcome(result)  # type: ignore[arg-type]
+    while True:
+        try:
+            await pipeline.inbox.send(key=appservice_id.encode(), value=value)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("could not produce an outcome for %s; retrying", appservice_id)
+            await asyncio.sleep(REPORT_RETRY_S)
+
+
+async def resume_all(pipeline: Pipeline) -> None:
+    for appservice_id, registration in pipeline.registrations.items():
+        if registration.url is not None:
+            await report(pipeline, appservice_id, Resume())
+
+
+def install(pipeline: Pipeline) -> Senders:
+    settings = pipeline.settings
+    config = MachineConfig(unit_ms=settings.retry_unit_ms)
+    store = TableStore(pipeline.appservices)
+    senders = Senders(pipeline)
+    formats = {
+        r.id: BodyFormat(ephemeral_stable=r.receive_ephemeral, ephemeral_unstable=r.push_ephemeral_msc2409)
+        for r in pipeline.registrations.values()
+    }
+
+    def step_partition(events: list[Any], sends: list[Send], delays: list[tuple[AppserviceID, DelayRecord]]) -> None:
+        by_appservice: dict[AppserviceID, list[Input]] = defaultdict(list)
+        jitter = random.random()
+        for event in events:
+            appservice_id = AppserviceID(bytes(event.key).decode())
+            try:
+                by_appservice[appservice_id].append(decode_inbox(event.value, jitter=jitter))
+            except BadRecord as exc:
+                message = event.message
+                source = f"{message.topic}[{message.partition}]@{message.offset}"
+                pipeline.background.spawn(
+                    pipeline.to_dead_letter(event.key, event.value, str(exc), source), "dead-letter"
+                )
+        now = now_ms()
+        for appservice_id, inputs in by_appservice.items():
+            if appservice_id not in formats:
+                log.warning("inbox holds %d records for %s, which has no registration", len(inputs), appservice_id)
+                continue
+            result = run_step(
+                appservice_id, inputs, store, now_ms=now, config=config, body_format=formats[appservice_id]
+            )
+            sends.extend(result.sends)
+            delays.extend((appservice_id, d) for d in result.delays)
+            for notice in result.notices:
+                if isinstance(notice, WentDown):
+                    log.warning(
+                        "appservice %s is DOWN: txn %s failed (%s)", appservice_id, notice.txn_id, notice.reason
+                    )
+                elif isinstance(notice, CameUp):
+                    log.warning("appservice %s is UP again after %d ms", appservice_id, notice.down_for_ms)
+                else:
+                    log.debug("appservice %s: %s", appservice_id, notice.reason)
+
+    @pipeline.app.agent(pipeline.inbox, name="deliverer")  # type: ignore[untyped-decorator]
+    async def deliver(stream: Any) -> None:
+        async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            by_partition: dict[int, list[Any]] = defaultdict(list)
+            for event in batch:
+                by_partition[event.message.partition].append(event)
+            sends: list[Send] = []
+            delays: list[tuple[AppserviceID, DelayRecord]] = []
+            try:
+                for events in by_partition.values():
+                    with partition_of(events[-1]):
+                        step_partition(events, sends, delays)
+            except Exception as exc:
+                fatal(exc, "deliverer")
+            for send in sends:
+                senders.start(send)
+            for appservice_id, record in delays:
+                await pipeline.delay.send(key=appservice_id.encode(), value=encode_delay(record))
+
+    return senders
+
+
+__all__ = ["Senders", "TxnSucceeded", "install", "report", "resume_all"]

@@ -1,0 +1,144 @@
+"""The worker's wiring: one Faust app, its topics and tables, built from settings.
+
+``create_pipeline(settings, registrations)`` builds everything without doing
+I/O; Faust connects when the worker starts. Topics (all keyed, all raw bytes)::
+
+    matrix.events            input, key = room ID          → router
+    <app>.inbox              key = appservice ID           → deliverer
+    <app>.delay              key = appservice ID           → delay agent
+    <app>.dead-letter        records nobody could read, with the reason
+    <app>-appservices-changelog / <app>-rooms-changelog     Faust's table changelogs
+
+Tables: ``rooms`` (key room ID, co-partitioned with the input) and
+``appservices`` (state, stored txns and backlog chunks, co-partitioned with
+the inbox).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+
+from agents.appservice_http import AppserviceClient
+from agents.background import BackgroundTasks
+from streams.interest import Interest
+from streams.matrix import AppserviceID
+from streams.registration import Registration
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Sized for a 2-core worker with a few dozen partitions: Faust's defaults give
+# every partition's database a block cache meant for a server.
+ROCKSDB_OPTIONS = {
+    "write_buffer_size": 8 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 8 * 1024 * 1024,
+    "block_cache_compressed_size": 0,
+    "max_open_files": 256,
+}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    app: Any  # faust.App (untyped)
+    registrations: dict[AppserviceID, Registration]
+    interest: Interest
+    input_topic: Any
+    inbox: Any
+    delay: Any
+    dead_letter: Any
+    rooms: Any
+    appservices: Any
+    client: AppserviceClient
+    background: BackgroundTasks = field(default_factory=BackgroundTasks)
+
+    async def to_dead_letter(self, key: bytes | None, value: bytes | None, reason: str, source: str) -> None:
+        log.warning("dead-lettered a record from %s: %s", source, reason)
+        await self.dead_letter.send(
+            key=key, value=value, headers={"reason": reason.encode(), "source": source.encode()}
+        )
+
+
+def _broker_urls(bootstrap: str) -> list[str]:
+    return [f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip()]
+
+
+def create_pipeline(settings: Settings, registrations: tuple[Registration, ...]) -> Pipeline:
+    app = faust.App(
+        settings.app_id,
+        broker=_broker_urls(settings.bootstrap_servers),
+        store="rocksdb://",
+        datadir=str(settings.state_dir),
+        autodiscover=False,
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        broker_commit_interval=settings.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_linger_ms=0,
+        stream_buffer_maxsize=max(4096, settings.batch_max * 2),
+        table_standby_replicas=0,
+    )
+    raw: dict[str, Any] = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+    input_topic = app.topic(settings.input_topic, partitions=settings.input_partitions, **raw)
+    inbox = app.topic(settings.inbox_topic, partitions=settings.partitions, internal=True, **raw)
+    delay = app.topic(settings.delay_topic, partitions=settings.partitions, internal=True, **raw)
+    dead_letter = app.topic(settings.dead_letter_topic, partitions=1, internal=True, **raw)
+    table: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "options": ROCKSDB_OPTIONS}
+    rooms = app.Table("rooms", partitions=settings.input_partitions, **table)
+    appservices = app.Table("appservices", partitions=settings.partitions, **table)
+    pipeline = Pipeline(
+        settings=settings,
+        app=app,
+        registrations={r.id: r for r in registrations},
+        interest=Interest([r for r in registrations if r.url is not None], settings.server_name),
+        input_topic=input_topic,
+        inbox=inbox,
+        delay=delay,
+        dead_letter=dead_letter,
+        rooms=rooms,
+        appservices=appservices,
+        client=AppserviceClient(
+            connect_timeout_s=settings.connect_timeout_s,
+            response_timeout_s=settings.response_timeout_s,
+            legacy_authorization=settings.legacy_authorization,
+        ),
+    )
+    # Imported here: each module registers its agent on the app it is given.
+    from agents import delayer, deliverer, router
+
+    router.install(pipeline)
+    senders = deliverer.install(pipeline)
+    delayer.install(pipeline)
+
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
+    async def resume_owned(sender: Any, **kwargs: Any) -> None:
+        # Every worker asks every appservice to resume; the record lands with
+        # the owner, whose machine resends what was in flight or re-arms its
+        # retry timer (see Resume in streams.machine). Duplicates are harmless.
+        pipeline.background.spawn(deliverer.resume_all(pipeline), "resume appservices")
+        log.info("worker ready: partitions assigned, %d appservices", len(pipeline.registrations))
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def stop_io(sender: Any, **kwargs: Any) -> None:
+        await senders.stop()
+        await pipeline.background.stop()
+        await pipeline.client.stop()
+
+    return pipeline

@@ -1,0 +1,67 @@
+"""The routing agent: input events → one inbox record per interested appservice.
+
+Consumes ``matrix.events`` (keyed by room), keeps each room's local members and
+aliases in the ``rooms`` table, asks ``streams.interest`` which appservices
+want the event, and re-keys a copy onto the inbox by appservice ID. Each copy
+carries the event's input position, which the deliverer uses to drop replays.
+A record nobody can read goes to the dead-letter topic; it never stalls the
+partition.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from agents.fatal import fatal
+from agents.pipeline import Pipeline
+from streams import envelope
+from streams.errors import BadRecord
+from streams.machine import Item, ItemKind, SourcePosition
+from streams.records import encode_item
+from streams.rooms import RoomState, apply_event, decode_room, encode_room, with_aliases
+
+log = logging.getLogger(__name__)
+
+
+def install(pipeline: Pipeline) -> None:
+    rooms = pipeline.rooms
+    server_name = pipeline.settings.server_name
+    interest = pipeline.interest
+    inbox = pipeline.inbox
+
+    def load(room_id: str) -> RoomState:
+        raw = rooms.get(room_id.encode())
+        return RoomState() if raw is None else decode_room(raw)
+
+    @pipeline.app.agent(pipeline.input_topic, name="router")  # type: ignore[untyped-decorator]
+    async def route(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                await route_one(event)
+            except Exception as exc:
+                fatal(exc, "router")
+
+    async def route_one(event: Any) -> None:
+        message = event.message
+        try:
+            record = envelope.decode(event.value)
+        except BadRecord as exc:
+            where = f"{message.topic}[{message.partition}]@{message.offset}"
+            await pipeline.to_dead_letter(event.key, event.value, str(exc), where)
+            return
+        if isinstance(record, envelope.RoomAliases):
+            room = load(record.room_id)
+            updated = with_aliases(room, record.aliases, server_name)
+            if updated != room:
+                rooms[record.room_id.encode()] = encode_room(updated)
+            return
+        room_id = record.room_id
+        room = load(room_id)
+        updated = apply_event(room, record.event, server_name)
+        if updated is not room:
+            rooms[room_id.encode()] = encode_room(updated)
+        source = SourcePosition(message.partition, message.offset)
+        for appservice_id in interest.appservices_for_event(record.event, updated.view(room_id)):
+            item = Item(ItemKind.EVENT, source, record.payload)
+            await inbox.send(key=appservice_id.encode(), value=encode_item(item))

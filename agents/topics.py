@@ -1,0 +1,42 @@
+"""Creating the topics a worker reads before it reads them.
+
+Faust creates its own internal topics; the input topic belongs to the
+homeserver side, and is created here (if missing) with the configured
+partition count, so neither a producer's nor a consumer's auto-creation
+decides it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from streams.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def ensure_topic(bootstrap_servers: str, name: str, partitions: int, timeout_s: float = 30.0) -> int:
+    """Create ``name`` unless it exists; return its partition count.
+
+    Raises:
+        ConfigError: the broker cannot be reached or refuses the topic.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise ConfigError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
+    existing = metadata.topics.get(name)
+    if existing is not None and existing.error is None:
+        return len(existing.partitions)
+    futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+    try:
+        futures[name].result(timeout_s)
+        log.info("created topic %s with %d partitions", name, partitions)
+    except KafkaException as exc:
+        if "TOPIC_ALREADY_EXISTS" not in str(exc):
+            raise ConfigError(f"cannot create topic {name} on {bootstrap_servers}: {exc}") from exc
+    return partitions

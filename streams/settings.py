@@ -1,0 +1,93 @@
+"""Worker settings: one frozen value, read from the environment and flags.
+
+Defaults suit one worker on a laptop with the local broker; every figure an
+operator may need to change is here, nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streams.errors import ConfigError
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+@dataclass(frozen=True)
+class Settings:
+    server_name: str
+    registrations_dir: Path
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    app_id: str = "appservice-streams"
+    input_topic: str = "matrix.events"
+    input_partitions: int = 8
+    partitions: int = 8  # inbox, delay topic and state table
+    data_dir: Path = Path(".data")
+    retry_unit_ms: int = 1000
+    connect_timeout_s: float = 15.0
+    response_timeout_s: float = 60.0
+    legacy_authorization: bool = False
+    batch_max: int = 500
+    batch_within_s: float = 0.002
+    commit_interval_s: float = 1.0
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def inbox_topic(self) -> str:
+        return f"{self.app_id}.inbox"
+
+    @property
+    def delay_topic(self) -> str:
+        return f"{self.app_id}.delay"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.app_id}.dead-letter"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.data_dir / self.app_id
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"environment variable {name}={raw!r} must be positive")
+    return value
+
+
+def from_environment(registrations_dir: Path, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Settings from ``APPSERVICE_STREAMS_*`` / ``KAFKA_BOOTSTRAP_SERVERS``, then ``overrides``.
+
+    Raises:
+        ConfigError: a missing server name or a malformed number, naming the variable.
+    """
+    env = os.environ if env is None else env
+    server_name = overrides.pop("server_name", None) or env.get("MATRIX_SERVER_NAME")
+    if not server_name or not isinstance(server_name, str):
+        raise ConfigError("the homeserver's server name is required: --server-name or MATRIX_SERVER_NAME")
+    values: dict[str, object] = {
+        "server_name": server_name,
+        "registrations_dir": registrations_dir,
+        "bootstrap_servers": env.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP,
+        "app_id": env.get("APPSERVICE_STREAMS_APP_ID") or "appservice-streams",
+        "input_topic": env.get("APPSERVICE_STREAMS_INPUT_TOPIC") or "matrix.events",
+        "data_dir": Path(env.get("APPSERVICE_STREAMS_DATA_DIR") or ".data"),
+        "retry_unit_ms": int(_number(env, "APPSERVICE_STREAMS_RETRY_UNIT_MS", 1000)),
+        "connect_timeout_s": _number(env, "APPSERVICE_STREAMS_CONNECT_TIMEOUT_S", 15.0),
+        "response_timeout_s": _number(env, "APPSERVICE_STREAMS_RESPONSE_TIMEOUT_S", 60.0),
+        "partitions": int(_number(env, "APPSERVICE_STREAMS_PARTITIONS", 8)),
+        "input_partitions": int(_number(env, "APPSERVICE_STREAMS_INPUT_PARTITIONS", 8)),
+        "legacy_authorization": env.get("APPSERVICE_STREAMS_LEGACY_AUTHORIZATION", "").lower() in ("1", "true", "yes"),
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,69 @@
+"""Integration fixtures: the real local broker, real worker processes, real appservices."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agents.producer import EventProducer
+from streams.local_kafka import LocalKafka
+from tests.support.recording_appservice import RecordingAppservice
+from tests.support.worker_process import WorkerProcess
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="session")
+def kafka() -> LocalKafka:
+    broker = LocalKafka(root=ROOT)
+    broker.start()  # idempotent: CI starts it first, a developer may not have
+    return broker
+
+
+@pytest.fixture
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def registrations(tmp_path: Path) -> Path:
+    path = tmp_path / "registrations"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def worker(kafka: LocalKafka, tmp_path: Path, registrations: Path, run_id: str) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(
+        registrations=registrations,
+        app_id=f"test-{run_id}",
+        input_topic=f"matrix.events.{run_id}",
+        data_dir=tmp_path / "data",
+        log_path=tmp_path / "worker.log",
+    )
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def producer(kafka: LocalKafka, worker: WorkerProcess) -> Iterator[EventProducer]:
+    p = EventProducer(kafka.bootstrap, worker.input_topic)
+    yield p
+    p.flush()
+
+
+@pytest.fixture
+async def appservice_factory() -> AsyncIterator[Callable[[], RecordingAppservice]]:
+    started: list[RecordingAppservice] = []
+
+    def make() -> RecordingAppservice:
+        appservice = RecordingAppservice()
+        started.append(appservice)
+        return appservice
+
+    yield make
+    for appservice in started:
+        await appservice.stop()

@@ -1,0 +1,138 @@
+"""A real HTTP appservice on loopback that records every request and misbehaves on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+@dataclass(frozen=True)
+class Received:
+    txn_id: str
+    body: bytes
+    authorization: str | None
+    query: dict[str, str]
+    at: float  # time.monotonic() when the request arrived
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return list(orjson.loads(self.body)["events"])
+
+    @property
+    def document(self) -> dict[str, Any]:
+        return dict(orjson.loads(self.body))
+
+
+@dataclass
+class RecordingAppservice:
+    """``PUT /_matrix/app/v1/transactions/{txnId}`` recorder.
+
+    Controls: ``hold()`` keeps responses pending until ``release()``;
+    ``fail_next(n, status)`` answers the next n requests with an error;
+    ``hang()`` never answers; ``delay_s`` answers slowly.
+    """
+
+    hs_token: str = "hs-secret"
+    requests: list[Received] = field(default_factory=list)
+    delay_s: float = 0.0
+    _failures: list[int] = field(default_factory=list)
+    _gate: asyncio.Event = field(default_factory=asyncio.Event)
+    _hung: bool = False
+    _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _runner: web.AppRunner | None = None
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        self._gate.set()
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_put("/_matrix/app/v1/transactions/{txn_id}", self._transaction)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        self._gate.set()
+        self._hung = False
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def hold(self) -> None:
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def hang(self) -> None:
+        self._hung = True
+
+    def fail_next(self, count: int, status: int = 500) -> None:
+        self._failures.extend([status] * count)
+
+    async def _transaction(self, request: web.Request) -> web.Response:
+        received = Received(
+            request.match_info["txn_id"],
+            await request.read(),
+            request.headers.get("Authorization"),
+            dict(request.query),
+            time.monotonic(),
+        )
+        async with self._arrived:
+            self.requests.append(received)
+            self._arrived.notify_all()
+        if self._hung:
+            await asyncio.sleep(3600)
+        await self._gate.wait()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self._failures:
+            return web.json_response({"errcode": "M_UNKNOWN"}, status=self._failures.pop(0))
+        if received.authorization != f"Bearer {self.hs_token}":
+            return web.json_response({"errcode": "M_FORBIDDEN"}, status=403)
+        return web.json_response({})
+
+    async def wait_for_requests(self, count: int, timeout_s: float = 30.0) -> list[Received]:
+        async def enough() -> None:
+            async with self._arrived:
+                await self._arrived.wait_for(lambda: len(self.requests) >= count)
+
+        try:
+            await asyncio.wait_for(enough(), timeout_s)
+        except TimeoutError:
+            raise AssertionError(f"{len(self.requests)} requests arrived, {count} expected") from None
+        return list(self.requests)
+
+    def delivered(self) -> list[Received]:
+        """One entry per txn id, first arrival order; asserts retries never change a body."""
+        seen: dict[str, Received] = {}
+        for r in self.requests:
+            first = seen.setdefault(r.txn_id, r)
+            assert first.body == r.body, f"txn {r.txn_id} was resent with a different body"
+        return list(seen.values())
+
+    def delivered_events(self) -> list[dict[str, Any]]:
+        return [e for r in self.delivered() for e in r.events]
+
+    async def wait_for_events(self, count: int, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            events = self.delivered_events()
+            if len(events) >= count:
+                return events
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(events)} events delivered, {count} expected")
+            async with self._arrived:
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), max(0.01, deadline - time.monotonic()))
+                except TimeoutError:
+                    pass

@@ -1,0 +1,106 @@
+"""A real worker process (``appservice-streams worker``) for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+READY = "worker ready"
+
+
+def write_registration(directory: Path, appservice_id: str, url: str | None, **overrides: Any) -> Path:
+    doc: dict[str, Any] = {
+        "id": appservice_id,
+        "url": url,
+        "as_token": f"as-{appservice_id}",
+        "hs_token": "hs-secret",
+        "sender_localpart": f"{appservice_id}bot",
+        "namespaces": {
+            "users": [{"regex": f"@{appservice_id}_.*:example.org", "exclusive": True}],
+            "rooms": [],
+            "aliases": [],
+        },
+    }
+    doc.update(overrides)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{appservice_id}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@dataclass
+class WorkerProcess:
+    registrations: Path
+    app_id: str
+    input_topic: str
+    data_dir: Path
+    log_path: Path
+    retry_unit_ms: int = 100
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "agents.cli", "worker", "--registrations", str(self.registrations)]
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "MATRIX_SERVER_NAME": "example.org",
+            "APPSERVICE_STREAMS_APP_ID": self.app_id,
+            "APPSERVICE_STREAMS_INPUT_TOPIC": self.input_topic,
+            "APPSERVICE_STREAMS_DATA_DIR": str(self.data_dir),
+            "APPSERVICE_STREAMS_RETRY_UNIT_MS": str(self.retry_unit_ms),
+            "APPSERVICE_STREAMS_PARTITIONS": "4",
+            "APPSERVICE_STREAMS_INPUT_PARTITIONS": "4",
+            **self.extra_env,
+        }
+
+    def start(self, wait: bool = True, timeout_s: float = 60.0) -> None:
+        self.starts += 1
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        log.write(f"\n===== start {self.starts} =====\n".encode())
+        log.flush()
+        self.process = subprocess.Popen(
+            self.command(), env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2]
+        )
+        log.close()
+        if wait:
+            self.wait_ready(timeout_s)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        marker = f"===== start {self.starts} ====="
+        while time.monotonic() < deadline:
+            text = self.log_text()
+            if READY in text[text.rfind(marker) :]:
+                return
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"worker exited with {self.process.returncode}:\n{text[-3000:]}")
+            time.sleep(0.1)
+        raise AssertionError(f"worker not ready after {timeout_s} s:\n{self.log_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks, no final commit."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
