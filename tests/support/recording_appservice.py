@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,7 +133,5 @@ class RecordingAppservice:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{len(events)} events delivered, {count} expected")
             async with self._arrived:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._arrived.wait(), max(0.01, deadline - time.monotonic()))
-                except TimeoutError:
-                    pass
