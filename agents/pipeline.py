@@ -89,6 +89,9 @@ def create_pipeline(settings: Settings, registrations: tuple[Registration, ...])
         producer_linger_ms=0,
         stream_buffer_maxsize=max(4096, settings.batch_max * 2),
         table_standby_replicas=0,
+        consumer_group_instance_id=settings.instance_id,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 5),
     )
     raw: dict[str, Any] = {
         "key_type": bytes,

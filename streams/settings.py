@@ -33,6 +33,10 @@ class Settings:
     batch_max: int = 500
     batch_within_s: float = 0.002
     commit_interval_s: float = 1.0
+    # Static group membership: a worker restarted under the same instance id
+    # takes its partitions back at once instead of waiting out the session.
+    instance_id: str | None = None
+    session_timeout_s: float = 10.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -87,6 +91,8 @@ def from_environment(registrations_dir: Path, env: Mapping[str, str] | None = No
         "response_timeout_s": _number(env, "APPSERVICE_STREAMS_RESPONSE_TIMEOUT_S", 60.0),
         "partitions": int(_number(env, "APPSERVICE_STREAMS_PARTITIONS", 8)),
         "input_partitions": int(_number(env, "APPSERVICE_STREAMS_INPUT_PARTITIONS", 8)),
+        "instance_id": env.get("APPSERVICE_STREAMS_INSTANCE_ID") or None,
+        "session_timeout_s": _number(env, "APPSERVICE_STREAMS_SESSION_TIMEOUT_S", 10.0),
         "legacy_authorization": env.get("APPSERVICE_STREAMS_LEGACY_AUTHORIZATION", "").lower() in ("1", "true", "yes"),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -61,6 +61,7 @@ class WorkerProcess:
             "APPSERVICE_STREAMS_RETRY_UNIT_MS": str(self.retry_unit_ms),
             "APPSERVICE_STREAMS_PARTITIONS": "4",
             "APPSERVICE_STREAMS_INPUT_PARTITIONS": "4",
+            "APPSERVICE_STREAMS_INSTANCE_ID": f"{self.app_id}-worker",
             **self.extra_env,
         }
 
