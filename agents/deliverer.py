@@ -52,8 +52,6 @@ class Senders:
     async def _send(self, send: Send) -> None:
         pipeline = self._pipeline
         registration = pipeline.registrations[send.appservice_id]
-        # The txn's changelog record must be durable before anyone can see its id.
-        await pipeline.app.producer.flush()
         outcome = await pipeline.client.put_transaction(registration, send.txn_id, send.body)
         result = as_input(outcome, send.txn_id, jitter=random.random())
         if isinstance(result, TxnFailed):
@@ -151,12 +149,18 @@ def install(pipeline: Pipeline) -> Senders:
                 for events in by_partition.values():
                     with partition_of(events[-1]):
                         step_partition(events, sends, delays)
+                # Commit order: the step's state is in Kafka before any txn id
+                # it formed goes on the wire and before the batch is acked.
+                await store.durable()
+                for send in sends:
+                    senders.start(send)
+                timers = [
+                    await pipeline.delay.send(key=appservice_id.encode(), value=encode_delay(record))
+                    for appservice_id, record in delays
+                ]
+                await asyncio.gather(*timers)
             except Exception as exc:
                 fatal(exc, "deliverer")
-            for send in sends:
-                senders.start(send)
-            for appservice_id, record in delays:
-                await pipeline.delay.send(key=appservice_id.encode(), value=encode_delay(record))
 
     return senders
 

@@ -72,6 +72,16 @@ def sample_events(count: int, run: str) -> tuple[list[dict[str, Any]], int]:
     return events, expected
 
 
+def _start_worker(registrations: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agents.cli", "worker", "--registrations", str(registrations)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
 async def _run(home: Path, count: int) -> int:
     kafka = LocalKafka(root=home)
     print("1/5 starting the local Kafka broker (first run fetches its jars from Maven Central)…", flush=True)
@@ -142,13 +152,7 @@ async def _run(home: Path, count: int) -> int:
     }
     log_path = demo_dir / "worker.log"
     print(f"3/5 starting a worker (log: {log_path})", flush=True)
-    with open(log_path, "wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "worker", "--registrations", str(registrations)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    worker = _start_worker(registrations, env, log_path)
     try:
         deadline = time.monotonic() + 120
         while "worker ready" not in log_path.read_text(errors="replace"):

@@ -10,11 +10,13 @@ partition.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from agents.fatal import fatal
 from agents.pipeline import Pipeline
+from agents.table_store import TableStore, partition_of
 from streams import envelope
 from streams.errors import BadRecord
 from streams.machine import Item, ItemKind, SourcePosition
@@ -25,24 +27,33 @@ log = logging.getLogger(__name__)
 
 
 def install(pipeline: Pipeline) -> None:
-    rooms = pipeline.rooms
     server_name = pipeline.settings.server_name
     interest = pipeline.interest
     inbox = pipeline.inbox
 
+    store = TableStore(pipeline.rooms)
+    settings = pipeline.settings
+
     def load(room_id: str) -> RoomState:
-        raw = rooms.get(room_id.encode())
+        raw = store.get(room_id.encode())
         return RoomState() if raw is None else decode_room(raw)
 
     @pipeline.app.agent(pipeline.input_topic, name="router")  # type: ignore[untyped-decorator]
     async def route(stream: Any) -> None:
-        async for event in stream.events():
+        async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
             try:
-                await route_one(event)
+                sent: list[Any] = []
+                for event in batch:
+                    with partition_of(event):
+                        await route_one(event, sent)
+                # Nothing of this batch is acked (and so committed) before the
+                # routed copies and room updates are in Kafka.
+                await asyncio.gather(*sent)
+                await store.durable()
             except Exception as exc:
                 fatal(exc, "router")
 
-    async def route_one(event: Any) -> None:
+    async def route_one(event: Any, sent: list[Any]) -> None:
         message = event.message
         try:
             record = envelope.decode(event.value)
@@ -54,14 +65,14 @@ def install(pipeline: Pipeline) -> None:
             room = load(record.room_id)
             updated = with_aliases(room, record.aliases, server_name)
             if updated != room:
-                rooms[record.room_id.encode()] = encode_room(updated)
+                store.put(record.room_id.encode(), encode_room(updated))
             return
         room_id = record.room_id
         room = load(room_id)
         updated = apply_event(room, record.event, server_name)
         if updated is not room:
-            rooms[room_id.encode()] = encode_room(updated)
+            store.put(room_id.encode(), encode_room(updated))
         source = SourcePosition(message.partition, message.offset)
         for appservice_id in interest.appservices_for_event(record.event, updated.view(room_id)):
             item = Item(ItemKind.EVENT, source, record.payload)
-            await inbox.send(key=appservice_id.encode(), value=encode_item(item))
+            sent.append(await inbox.send(key=appservice_id.encode(), value=encode_item(item)))

@@ -13,11 +13,22 @@ worker, a dict in tests), it
 and returns what the shell must do *after* that storage is durable: HTTP
 sends of stored transactions and retry timers for the delay topic.
 
-Commit order (the shell keeps it): table writes in this step → changelog
-records produced → the sender flushes the producer before its PUT → input
-offsets are committed by Faust only after the producer was flushed. A crash
-at any point either replays inputs against the old state (dropped by their
-source position) or resends a stored transaction under its own id.
+Write order within a step, so that a crash after *any prefix* of the writes
+leaves a consistent store (Faust's changelog is not transactional: a killed
+worker may have made some records of a step durable and not others):
+
+1. new backlog chunks and new transactions, each under a key never used by
+   the state that is durable now (txn keys include the txn id);
+2. the state record: the commit point of the step;
+3. deletes of consumed chunks and delivered transactions.
+
+A crash before 2 leaves the old state, which references only keys that still
+exist; the step's inputs are replayed (their offsets were not committed) and
+redo it. A crash after 2 leaves at most some garbage that nothing references.
+
+Commit order across the worker (the shell keeps it): the step's changelog
+records are acknowledged by Kafka → only then do HTTP sends start and is the
+batch acked, so its input offsets can be committed.
 """
 
 from __future__ import annotations
@@ -74,6 +85,28 @@ class StepResult:
     notices: list[WentDown | CameUp | Ignored] = field(default_factory=list)
 
 
+class _DeletesLast:
+    """Passes reads and puts through; holds deletes until ``apply``."""
+
+    def __init__(self, store: KeyValueStore) -> None:
+        self._store = store
+        self._deletes: list[bytes] = []
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._store.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._store.put(key, value)
+
+    def delete(self, key: bytes) -> None:
+        self._deletes.append(key)
+
+    def apply(self) -> None:
+        for key in self._deletes:
+            self._store.delete(key)
+        self._deletes.clear()
+
+
 class _Prefixed:
     """A namespace inside the one store: state, txn and backlog keys never collide."""
 
@@ -95,8 +128,8 @@ def state_key(appservice_id: str) -> bytes:
     return b"s\x00" + appservice_id.encode()
 
 
-def txn_key(appservice_id: str) -> bytes:
-    return b"t\x00" + appservice_id.encode()
+def txn_key(appservice_id: str, txn_id: int) -> bytes:
+    return b"t\x00" + appservice_id.encode() + b"\x00" + txn_id.to_bytes(8, "big")
 
 
 def load_state(store: KeyValueStore, appservice_id: str) -> StoredAppservice:
@@ -119,17 +152,19 @@ def run_step(
         InvariantBroken: stored state and machine disagree (our bug).
     """
     stored = load_state(store, appservice_id)
-    backlog = Backlog(appservice_id, stored.cursor, _Prefixed(store, b"b\x00"))
+    ordered = _DeletesLast(store)
+    backlog = Backlog(appservice_id, stored.cursor, _Prefixed(ordered, b"b\x00"))
     machine = stored.machine
     result = StepResult(machine)
     formed: dict[TxnID, bytes] = {}
     for event in inputs:
         machine, commands = step(machine, event, now_ms, config)
         for command in commands:
-            _apply(appservice_id, command, backlog, store, formed, result, body_format)
+            _apply(appservice_id, command, backlog, ordered, formed, result, body_format)
     cursor = backlog.flush()
     if machine != stored.machine or cursor != stored.cursor:
         store.put(state_key(appservice_id), encode_appservice(StoredAppservice(machine, cursor)))
+    ordered.apply()
     result.state = machine
     return result
 
@@ -154,7 +189,7 @@ def _apply(
             ephemeral_stable=body_format.ephemeral_stable,
             ephemeral_unstable=body_format.ephemeral_unstable,
         )
-        store.put(txn_key(appservice_id), encode_txn(StoredTxn(command.txn.txn_id, body)))
+        store.put(txn_key(appservice_id, command.txn.txn_id), encode_txn(StoredTxn(command.txn.txn_id, body)))
         formed[command.txn.txn_id] = body
     elif isinstance(command, SendTxn):
         sent = formed.get(command.txn_id)
@@ -164,14 +199,14 @@ def _apply(
     elif isinstance(command, ScheduleRetry):
         result.delays.append(DelayRecord(command.txn_id, command.due_ms, command.attempt))
     elif isinstance(command, ForgetTxn):
-        store.delete(txn_key(appservice_id))
+        store.delete(txn_key(appservice_id, command.txn_id))
         formed.pop(command.txn_id, None)
     else:
         result.notices.append(command)
 
 
 def _stored_body(store: KeyValueStore, appservice_id: AppserviceID, txn_id: TxnID) -> bytes:
-    raw = store.get(txn_key(appservice_id))
+    raw = store.get(txn_key(appservice_id, txn_id))
     stored = None if raw is None else decode_txn(raw)
     if stored is None or stored.txn_id != txn_id:
         raise InvariantBroken(f"txn {txn_id} of {appservice_id} is not stored")

@@ -154,7 +154,7 @@ def test_a_step_stores_the_txn_before_returning_its_send() -> None:
     result = run_step(AS, [arrived(1)], store, now_ms=1000, config=CONFIG)
     [send] = result.sends
     assert send.body == b'{"events":[{"o":1}]}'
-    assert decode_txn(store.data[txn_key(AS)]) == StoredTxn(send.txn_id, send.body)
+    assert decode_txn(store.data[txn_key(AS, send.txn_id)]) == StoredTxn(send.txn_id, send.body)
     assert decode_appservice(store.data[state_key(AS)]).machine.inflight is not None
 
 

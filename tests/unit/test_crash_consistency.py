@@ -1,0 +1,123 @@
+"""A worker killed after any prefix of a step's writes loses nothing on replay.
+
+Faust produces a step's changelog records one by one, so a SIGKILL can leave
+any prefix of them durable. The step's inputs were not committed, so they are
+processed again against that store. Every (step, prefix) pair is tried here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+from streams.delivery import run_step
+from streams.machine import (
+    Input,
+    Item,
+    ItemKind,
+    ItemsArrived,
+    MachineConfig,
+    Resume,
+    RetryDue,
+    SourcePosition,
+    TxnFailed,
+    TxnSucceeded,
+)
+from streams.matrix import AppserviceID, TxnID
+
+AS = AppserviceID("bridge")
+CONFIG = MachineConfig(unit_ms=1000)
+
+
+class LoggingStore:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.ops: list[tuple[bytes, bytes | None]] = []
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.ops.append((key, value))
+        self.data[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.ops.append((key, None))
+        self.data.pop(key, None)
+
+
+def arrived(*offsets: int) -> ItemsArrived:
+    return ItemsArrived(tuple(Item(ItemKind.EVENT, SourcePosition(0, o), b'{"o":%d}' % o) for o in offsets))
+
+
+Plan = list[Callable[[TxnID], list[Input]]]
+PLAN: Plan = [
+    lambda txn: [arrived(0)],
+    lambda txn: [arrived(*range(1, 151))],
+    lambda txn: [TxnSucceeded(txn)],
+    lambda txn: [TxnFailed(txn, "HTTP 500")],
+    lambda txn: [arrived(*range(151, 161))],
+    lambda txn: [RetryDue(txn)],
+    lambda txn: [TxnSucceeded(txn), arrived(161)],
+    lambda txn: [TxnSucceeded(txn)],
+    lambda txn: [TxnSucceeded(txn)],
+]
+
+
+def writes_of_each_step() -> list[int]:
+    counts: list[int] = []
+    drive(None, counts)
+    return counts
+
+
+def drive(crash: tuple[int, int] | None, write_counts: list[int] | None = None) -> tuple[list[int], LoggingStore]:
+    store = LoggingStore()
+    inflight = TxnID(0)
+    bodies: dict[int, bytes] = {}
+    delivered: list[int] = []
+    now = 1_000_000
+    for index, make in enumerate(PLAN):
+        inputs = make(inflight)
+        if crash is not None and crash[0] == index:
+            before = dict(store.data)
+            store.ops.clear()
+            run_step(AS, inputs, store, now_ms=now, config=CONFIG)
+            survived = store.ops[: crash[1]]
+            store.data = before
+            for key, value in survived:
+                if value is None:
+                    store.data.pop(key, None)
+                else:
+                    store.data[key] = value
+            # The restarted worker replays the uncommitted inputs, then every
+            # appservice gets the Resume sent after each rebalance.
+            inputs = [*inputs, Resume()]
+        store.ops.clear()
+        result = run_step(AS, inputs, store, now_ms=now, config=CONFIG)  # the (re)played step
+        if write_counts is not None:
+            write_counts.append(len(store.ops))
+        for event in make(inflight):
+            if isinstance(event, TxnSucceeded):
+                delivered.extend(e["o"] for e in orjson.loads(bodies[event.txn_id])["events"])
+        for send in result.sends:
+            inflight = send.txn_id
+            bodies[send.txn_id] = send.body
+        now += 10_000
+    return delivered, store
+
+
+CASES = [(step, prefix) for step, count in enumerate(writes_of_each_step()) for prefix in range(count)]
+
+
+def test_without_a_crash_everything_is_delivered_in_order() -> None:
+    delivered, store = drive(None)
+    assert delivered == list(range(162))
+    assert [k[:2] for k in store.data] == [b"s\x00"], "only the state is left once everything is delivered"
+
+
+@pytest.mark.parametrize("crash", CASES, ids=[f"step{s}-after-{p}-writes" for s, p in CASES])
+def test_a_crash_after_any_prefix_of_a_step_loses_and_reorders_nothing(crash: tuple[int, int]) -> None:
+    delivered, _ = drive(crash)
+    assert delivered == list(range(162))
