@@ -5,7 +5,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint unit integration kafka-start kafka-stop clean
+NODE_PEER := tests/peers/node/node_modules/.package-lock.json
+
+.PHONY: setup demo test lint unit integration kafka-start kafka-stop peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +16,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The npm `matrix-appservice` package, a real appservice the tests talk to.
+$(NODE_PEER): tests/peers/node/package-lock.json
+	npm ci --prefix tests/peers/node --no-audit --no-fund --loglevel=error
+	touch $(NODE_PEER)
+
+peers: $(NODE_PEER)
 
 demo: setup
 	$(BIN)/appservice-streams demo
@@ -32,10 +41,10 @@ lint: setup
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: kafka-start
+integration: kafka-start peers
 	$(BIN)/python -m pytest -q tests/integration
 
-test: lint kafka-start
+test: lint kafka-start peers
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:

@@ -61,14 +61,41 @@ class EventProducer:
     def send_room_aliases(self, room_id: str, aliases: Iterable[str]) -> None:
         self._produce(room_id, envelope.encode_room_aliases(room_id, list(aliases)))
 
+    def send_ephemeral(self, edu: Mapping[str, Any]) -> None:
+        """Queue a typing, receipt or presence EDU. Raises: BadRecord, naming the field."""
+        self.send_envelope(envelope.encode("ephemeral", edu=dict(edu)))
+
+    def send_to_device(self, message: Mapping[str, Any]) -> None:
+        """Queue a to-device message (with ``to_user_id``, ``to_device_id``). Raises: BadRecord."""
+        self.send_envelope(envelope.encode("to_device", message=dict(message)))
+
+    def send_device_list_change(self, user_id: str, change: str) -> None:
+        """Queue an MSC3202 device-list change (``changed`` or ``left``). Raises: BadRecord."""
+        self.send_envelope(envelope.encode("device_lists", user_id=user_id, change=change))
+
+    def send_device_keys(
+        self,
+        user_id: str,
+        device_id: str,
+        one_time_keys_count: Mapping[str, int] | None = None,
+        unused_fallback_key_types: Iterable[str] | None = None,
+    ) -> None:
+        """Queue MSC3202 key counts of one device. Raises: BadRecord."""
+        fields: dict[str, Any] = {"user_id": user_id, "device_id": device_id}
+        if one_time_keys_count is not None:
+            fields["one_time_keys_count"] = dict(one_time_keys_count)
+        if unused_fallback_key_types is not None:
+            fields["unused_fallback_key_types"] = list(unused_fallback_key_types)
+        self.send_envelope(envelope.encode("device_keys", **fields))
+
     def send_envelope(self, raw: bytes) -> None:
-        """Queue an already encoded envelope, validated first.
+        """Queue an already encoded envelope, validated first, under its record's key.
 
         Raises:
             BadRecord: the envelope is invalid.
         """
         record = envelope.decode(raw)
-        self._produce(record.room_id, raw)
+        self._produce(envelope.record_key(record), raw)
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every queued record is acknowledged.

@@ -1,8 +1,9 @@
-"""The routing agent: input events → one inbox record per interested appservice.
+"""The routing agent: input records → one inbox record per interested appservice.
 
-Consumes ``matrix.events`` (keyed by room), keeps each room's local members and
-aliases in the ``rooms`` table, asks ``streams.interest`` which appservices
-want the event, and re-keys a copy onto the inbox by appservice ID. Each copy
+Consumes ``matrix.events`` (keyed by room, or by user for presence, to-device
+and device data), keeps each room's local members and aliases in the
+``rooms`` table, asks ``streams.routing`` which appservices want the record,
+and re-keys a copy onto the inbox by appservice ID. Each copy
 carries the event's input position, which the deliverer uses to drop replays.
 A record nobody can read goes to the dead-letter topic; it never stalls the
 partition.
@@ -19,9 +20,10 @@ from agents.pipeline import Pipeline
 from agents.table_store import TableStore, partition_of
 from streams import envelope
 from streams.errors import BadRecord
-from streams.machine import Item, ItemKind, SourcePosition
+from streams.machine import Item, SourcePosition
 from streams.records import encode_item
 from streams.rooms import RoomState, apply_event, decode_room, encode_room, with_aliases
+from streams.routing import recipients
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +69,18 @@ def install(pipeline: Pipeline) -> None:
             if updated != room:
                 store.put(record.room_id.encode(), encode_room(updated))
             return
-        room_id = record.room_id
-        room = load(room_id)
-        updated = apply_event(room, record.event, server_name)
-        if updated is not room:
-            store.put(room_id.encode(), encode_room(updated))
-        source = SourcePosition(message.partition, message.offset)
-        for appservice_id in interest.appservices_for_event(record.event, updated.view(room_id)):
-            item = Item(ItemKind.EVENT, source, record.payload)
-            sent.append(await inbox.send(key=appservice_id.encode(), value=encode_item(item)))
+        view = None
+        if isinstance(record, envelope.RoomEvent):
+            room_id = record.room_id
+            room = load(room_id)
+            updated = apply_event(room, record.event, server_name)
+            if updated is not room:
+                store.put(room_id.encode(), encode_room(updated))
+            view = updated.view(room_id)
+        elif isinstance(record, envelope.Ephemeral) and record.room_id is not None:
+            view = load(record.room_id).view(record.room_id)
+        delivery = recipients(record, view, interest)
+        item = Item(delivery.kind, SourcePosition(message.partition, message.offset), delivery.payload)
+        value = encode_item(item)
+        for appservice_id in delivery.appservices:
+            sent.append(await inbox.send(key=appservice_id.encode(), value=value))

@@ -40,7 +40,7 @@ class KindCursor:
 
 @dataclass(frozen=True)
 class BacklogCursor:
-    kinds: tuple[KindCursor, KindCursor, KindCursor] = (KindCursor(), KindCursor(), KindCursor())
+    kinds: tuple[KindCursor, ...] = (KindCursor(),) * len(KINDS)
 
 
 CHUNK_V1 = 1
@@ -134,7 +134,7 @@ class Backlog:
                 self._store.put(chunk_key(self._id, kind, cursor.tail_chunk), encode_chunk(pending))
                 self._cursors[kind] = KindCursor(cursor.head_chunk, cursor.head_pos, cursor.tail_chunk + 1)
                 self._pending[kind] = []
-        return BacklogCursor((self._cursors[0], self._cursors[1], self._cursors[2]))
+        return BacklogCursor(tuple(self._cursors))
 
     def _load_head(self, kind: ItemKind, cursor: KindCursor) -> list[bytes]:
         head = self._head[kind]

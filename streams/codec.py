@@ -8,8 +8,8 @@ order. Layouts (version 1):
   (``streams.backlog`` owns it, beside its key layout).
 * appservice:      ``01`` then JSON ``[phase, inflight, attempt, retry_at_ms,
   down_since_ms, last_txn_id, queued, applied, cursor]`` where ``inflight`` is
-  ``null`` or ``[txn_id, [n_events, n_ephemeral, n_to_device]]`` and ``cursor``
-  is three ``[head_chunk, head_pos, tail_chunk]`` lists, one per kind.
+  ``null`` or ``[txn_id, [n_events, n_ephemeral, n_to_device, n_device]]`` and ``cursor``
+  is four ``[head_chunk, head_pos, tail_chunk]`` lists, one per kind.
 * transaction:     ``01`` then ``u64 txn_id`` then the exact body bytes sent.
 """
 
@@ -22,7 +22,7 @@ import orjson
 
 from streams.backlog import BacklogCursor, KindCursor
 from streams.errors import InvariantBroken
-from streams.machine import AppserviceState, Phase, Txn
+from streams.machine import KINDS, AppserviceState, Phase, Txn, counts
 from streams.matrix import TxnID
 
 V1 = 1
@@ -68,18 +68,18 @@ def decode_appservice(raw: bytes) -> StoredAppservice:
         phase, inflight, attempt, retry_at, down_since, last_txn_id, queued, applied, cursor = orjson.loads(raw[1:])
         machine = AppserviceState(
             phase=Phase(phase),
-            inflight=None
-            if inflight is None
-            else Txn(TxnID(inflight[0]), (inflight[1][0], inflight[1][1], inflight[1][2])),
+            inflight=None if inflight is None else Txn(TxnID(inflight[0]), counts(inflight[1])),
             attempt=attempt,
             retry_at_ms=retry_at,
             down_since_ms=down_since,
             last_txn_id=last_txn_id,
-            queued=(queued[0], queued[1], queued[2]),
+            queued=counts(queued),
             applied=tuple((p, o) for p, o in applied),
         )
-        kinds = [KindCursor(h, p, t) for h, p, t in cursor]
-        return StoredAppservice(machine, BacklogCursor((kinds[0], kinds[1], kinds[2])))
+        kinds = tuple(KindCursor(h, p, t) for h, p, t in cursor)
+        if len(kinds) != len(KINDS):
+            raise InvariantBroken(f"{len(kinds)} backlog cursors for {len(KINDS)} kinds")
+        return StoredAppservice(machine, BacklogCursor(kinds))
     except (ValueError, TypeError, IndexError) as exc:
         raise InvariantBroken(f"malformed appservice state: {exc}") from exc
 

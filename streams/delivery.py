@@ -186,6 +186,7 @@ def _apply(
             taken[ItemKind.EVENT],
             taken[ItemKind.EPHEMERAL],
             taken[ItemKind.TO_DEVICE],
+            taken[ItemKind.DEVICE],
             ephemeral_stable=body_format.ephemeral_stable,
             ephemeral_unstable=body_format.ephemeral_unstable,
         )

@@ -10,12 +10,26 @@ every record of one room lands on one partition, in order. Kinds:
                   "aliases": ["#a:hs", …]}``: the room's *local* aliases now
                   (replaces what was known), used by the ``aliases`` namespace.
 
+``ephemeral``      ``{"v": 1, "kind": "ephemeral", "edu": {"type": "m.typing" |
+                  "m.receipt", "room_id": …, "content": {…}}}`` (key = room ID) or
+                  ``{"type": "m.presence", "sender": "@u:hs", "content": {…}}``
+                  (key = user ID).
+``to_device``     ``{"v": 1, "kind": "to_device", "message": {"type", "sender",
+                  "to_user_id", "to_device_id", "content"}}`` (key = recipient).
+``device_lists``  ``{"v": 1, "kind": "device_lists", "user_id": "@u:hs",
+                  "change": "changed" | "left"}`` (key = user ID; MSC3202).
+``device_keys``   ``{"v": 1, "kind": "device_keys", "user_id", "device_id",
+                  "one_time_keys_count": {"signed_curve25519": 50},
+                  "unused_fallback_key_types": ["signed_curve25519"]}``
+                  (key = user ID; MSC3202; either field may be omitted).
+
 Members are not declared: the router tracks local joined members from the
 ``m.room.member`` events themselves.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +58,102 @@ class RoomAliases:
     aliases: frozenset[str]
 
 
-Envelope = RoomEvent | RoomAliases
+ROOM_EDUS = ("m.typing", "m.receipt")
+PRESENCE = "m.presence"
+
+
+@dataclass(frozen=True)
+class Ephemeral:
+    """A typing or receipt EDU (``room_id`` set) or a presence EDU (``user_id`` set)."""
+
+    edu_type: str
+    room_id: RoomID | None
+    user_id: str | None
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class ToDevice:
+    to_user_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """A device-list change or a key-count update of one user (MSC3202)."""
+
+    user_id: str
+    # {"user", "lists": "changed"|"left"} or {"user", "device", "otk": {…}|null, "fallback": […]|null}
+    payload: bytes
+
+
+Envelope = RoomEvent | RoomAliases | Ephemeral | ToDevice | DeviceData
+
+
+def record_key(record: Envelope) -> str:
+    """The input topic key: a room's records share a partition, so do a user's."""
+    if isinstance(record, (RoomEvent, RoomAliases)):
+        return record.room_id
+    if isinstance(record, Ephemeral):
+        return record.room_id or record.user_id or ""
+    return record.to_user_id if isinstance(record, ToDevice) else record.user_id
+
+
+def _string(doc: dict[str, Any], name: str, prefix: str = "") -> str:
+    value = doc.get(name)
+    if not isinstance(value, str) or not value:
+        raise BadRecord("missing or not a string", field=prefix + name)
+    return value
+
+
+def _object(doc: dict[str, Any], name: str, prefix: str = "") -> dict[str, Any]:
+    value = doc.get(name)
+    if not isinstance(value, dict):
+        raise BadRecord("missing or not a JSON object", field=prefix + name)
+    return value
+
+
+def _decode_ephemeral(doc: dict[str, Any]) -> Ephemeral:
+    edu = _object(doc, "edu")
+    edu_type = _string(edu, "type", "edu.")
+    _object(edu, "content", "edu.")
+    if edu_type in ROOM_EDUS:
+        return Ephemeral(edu_type, RoomID(_string(edu, "room_id", "edu.")), None, orjson.dumps(edu))
+    if edu_type == PRESENCE:
+        return Ephemeral(edu_type, None, _string(edu, "sender", "edu."), orjson.dumps(edu))
+    raise BadRecord(f"unsupported EDU type {edu_type!r}, expected m.typing, m.receipt or m.presence", field="edu.type")
+
+
+def _decode_to_device(doc: dict[str, Any]) -> ToDevice:
+    message = _object(doc, "message")
+    for name in ("type", "sender", "to_user_id", "to_device_id"):
+        _string(message, name, "message.")
+    _object(message, "content", "message.")
+    return ToDevice(message["to_user_id"], orjson.dumps(message))
+
+
+def _decode_device_lists(doc: dict[str, Any]) -> DeviceData:
+    user_id = _string(doc, "user_id")
+    change = doc.get("change")
+    if change not in ("changed", "left"):
+        raise BadRecord("must be 'changed' or 'left'", field="change")
+    return DeviceData(user_id, orjson.dumps({"user": user_id, "lists": change}))
+
+
+def _decode_device_keys(doc: dict[str, Any]) -> DeviceData:
+    user_id = _string(doc, "user_id")
+    device_id = _string(doc, "device_id")
+    otk = doc.get("one_time_keys_count")
+    fallback = doc.get("unused_fallback_key_types")
+    if otk is None and fallback is None:
+        raise BadRecord("needs one_time_keys_count or unused_fallback_key_types", field="one_time_keys_count")
+    if otk is not None and (
+        not isinstance(otk, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in otk.items())
+    ):
+        raise BadRecord("must map algorithm names to integers", field="one_time_keys_count")
+    if fallback is not None and (not isinstance(fallback, list) or not all(isinstance(f, str) for f in fallback)):
+        raise BadRecord("must be a list of strings", field="unused_fallback_key_types")
+    return DeviceData(user_id, orjson.dumps({"user": user_id, "device": device_id, "otk": otk, "fallback": fallback}))
 
 
 def decode(raw: bytes | None) -> Envelope:
@@ -81,7 +190,18 @@ def decode(raw: bytes | None) -> Envelope:
         if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
             raise BadRecord("must be a list of strings", field="aliases")
         return RoomAliases(RoomID(room_id), frozenset(aliases))
-    raise BadRecord(f"unknown kind {kind!r}", field="kind")
+    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
+    if decoder is None:
+        raise BadRecord(f"unknown kind {kind!r}", field="kind")
+    return decoder(doc)
+
+
+_DECODERS: dict[str, Callable[[dict[str, Any]], Envelope]] = {
+    "ephemeral": _decode_ephemeral,
+    "to_device": _decode_to_device,
+    "device_lists": _decode_device_lists,
+    "device_keys": _decode_device_keys,
+}
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
@@ -91,3 +211,8 @@ def encode_event(event: dict[str, Any]) -> bytes:
 
 def encode_room_aliases(room_id: str, aliases: list[str]) -> bytes:
     return orjson.dumps({"v": VERSION, "kind": "room_aliases", "room_id": room_id, "aliases": aliases})
+
+
+def encode(kind: str, **fields: Any) -> bytes:
+    """Any envelope: ``encode("ephemeral", edu={…})``, ``encode("to_device", message={…})`` …"""
+    return orjson.dumps({"v": VERSION, "kind": kind, **fields})

@@ -18,7 +18,7 @@ non-string field simply does not match; nothing here raises on bad input.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from streams.matrix import MEMBER_EVENT, AppserviceID, RoomID, is_local
@@ -134,6 +134,18 @@ class Interest:
     def appservices_for_event(self, event: Mapping[str, object], room: RoomView) -> tuple[AppserviceID, ...]:
         """IDs of every interested appservice, in registration order."""
         return tuple(m.registration.id for m in self._matchers if m.event(event, room))
+
+    def appservices_for_room(
+        self, room: RoomView, only: Callable[[Registration], bool] = lambda r: True
+    ) -> tuple[AppserviceID, ...]:
+        """IDs of appservices that ``only`` admits and the room alone interests (rules 3-5)."""
+        return tuple(m.registration.id for m in self._matchers if only(m.registration) and m.room(room))
+
+    def appservices_for_user(
+        self, user_id: str, only: Callable[[Registration], bool] = lambda r: True
+    ) -> tuple[AppserviceID, ...]:
+        """IDs of appservices that ``only`` admits whose user or ``users`` namespace has ``user_id``."""
+        return tuple(m.registration.id for m in self._matchers if only(m.registration) and m.user(user_id))
 
     def is_interested(self, registration: Registration, event: Mapping[str, object], room: RoomView) -> bool:
         """Whether ``registration`` wants ``event`` (rules 1-5); ``room`` is the event's room."""

@@ -50,16 +50,29 @@ class Phase(enum.Enum):
 
 
 class ItemKind(enum.IntEnum):
-    """The independent FIFOs of one appservice; each has its own txn limit."""
+    """The independent FIFOs of one appservice; each has its own txn limit.
+
+    ``DEVICE`` holds MSC3202 device-list changes and key counts: a txn takes
+    all of them and merges them into one summary, so it has no limit.
+    """
 
     EVENT = 0
     EPHEMERAL = 1
     TO_DEVICE = 2
+    DEVICE = 3
 
 
 KINDS = tuple(ItemKind)
-Counts = tuple[int, int, int]
-NO_ITEMS: Counts = (0, 0, 0)
+Counts = tuple[int, int, int, int]
+NO_ITEMS: Counts = (0, 0, 0, 0)
+UNLIMITED = 2**31 - 1
+
+
+def counts(values: list[int]) -> Counts:
+    """Raises: InvariantBroken unless there is exactly one value per kind."""
+    if len(values) != len(KINDS):
+        raise InvariantBroken(f"{len(values)} counts for {len(KINDS)} kinds")
+    return (values[0], values[1], values[2], values[3])
 
 
 @dataclass(frozen=True)
@@ -88,7 +101,7 @@ class Txn:
 @dataclass(frozen=True)
 class MachineConfig:
     unit_ms: int = 1000
-    max_per_kind: Counts = (100, 100, 100)
+    max_per_kind: Counts = (100, 100, 100, UNLIMITED)
 
 
 @dataclass(frozen=True)
@@ -252,13 +265,9 @@ def _next_txn_id(state: AppserviceState, now_ms: int) -> int:
 
 
 def _form_and_send(state: AppserviceState, now_ms: int, config: MachineConfig, out: Commands) -> AppserviceState:
-    counts: Counts = (
-        min(state.queued[0], config.max_per_kind[0]),
-        min(state.queued[1], config.max_per_kind[1]),
-        min(state.queued[2], config.max_per_kind[2]),
-    )
+    taking = counts([min(queued, limit) for queued, limit in zip(state.queued, config.max_per_kind, strict=True)])
     txn_id = TxnID(_next_txn_id(state, now_ms))
-    txn = Txn(txn_id, counts)
+    txn = Txn(txn_id, taking)
     out.append(FormTxn(txn))
     out.append(SendTxn(txn_id, 0))
     return replace(
@@ -266,7 +275,7 @@ def _form_and_send(state: AppserviceState, now_ms: int, config: MachineConfig, o
         phase=Phase.SENDING,
         inflight=txn,
         last_txn_id=txn_id,
-        queued=(state.queued[0] - counts[0], state.queued[1] - counts[1], state.queued[2] - counts[2]),
+        queued=counts([queued - took for queued, took in zip(state.queued, taking, strict=True)]),
     )
 
 
@@ -285,7 +294,7 @@ def _items_arrived(
             out.append(Enqueue(item.kind, (item.payload,)))
         queued = list(state.queued)
         queued[item.kind] += 1
-        state = replace(state, queued=(queued[0], queued[1], queued[2]))
+        state = replace(state, queued=counts(queued))
         if state.phase is Phase.IDLE:
             state = _form_and_send(state, now_ms, config, out)
     return replace(state, applied=tuple(sorted(applied.items())))

@@ -8,18 +8,68 @@ because the body is stored once and sent as stored.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from streams.matrix import EPHEMERAL, EPHEMERAL_MSC2409, EVENTS, TO_DEVICE, TO_DEVICE_MSC2409
+import orjson
+
+from streams.matrix import (
+    DEVICE_LISTS_MSC3202,
+    EPHEMERAL,
+    EPHEMERAL_MSC2409,
+    EVENTS,
+    FALLBACK_KEYS_MSC3202,
+    OTK_COUNT_MSC3202,
+    OTK_COUNT_MSC3202_SYNAPSE,
+    TO_DEVICE,
+    TO_DEVICE_MSC2409,
+)
 
 
 def _array(items: Sequence[bytes]) -> bytes:
     return b"[" + b",".join(items) + b"]"
 
 
+def merge_device_data(items: Sequence[bytes]) -> dict[str, Any]:
+    """One MSC3202 summary from device items in arrival order.
+
+    A user's later ``left`` wins over an earlier ``changed``, and the reverse;
+    the latest key counts of a device win. Only non-empty keys are returned.
+    """
+    changed: dict[str, None] = {}  # dicts as ordered sets
+    left: dict[str, None] = {}
+    otk: dict[str, dict[str, Any]] = {}
+    fallback: dict[str, dict[str, Any]] = {}
+    for raw in items:
+        item = orjson.loads(raw)
+        user = item["user"]
+        change = item.get("lists")
+        if change == "changed":
+            left.pop(user, None)
+            changed[user] = None
+        elif change == "left":
+            changed.pop(user, None)
+            left[user] = None
+        else:
+            if item.get("otk") is not None:
+                otk.setdefault(user, {})[item["device"]] = item["otk"]
+            if item.get("fallback") is not None:
+                fallback.setdefault(user, {})[item["device"]] = item["fallback"]
+    summary: dict[str, Any] = {}
+    if changed or left:
+        summary[DEVICE_LISTS_MSC3202] = {"changed": list(changed), "left": list(left)}
+    if otk:
+        summary[OTK_COUNT_MSC3202] = otk
+        summary[OTK_COUNT_MSC3202_SYNAPSE] = otk
+    if fallback:
+        summary[FALLBACK_KEYS_MSC3202] = fallback
+    return summary
+
+
 def build_body(
     events: Sequence[bytes],
     ephemeral: Sequence[bytes] = (),
     to_device: Sequence[bytes] = (),
+    device: Sequence[bytes] = (),
     *,
     ephemeral_stable: bool = False,
     ephemeral_unstable: bool = False,
@@ -29,7 +79,8 @@ def build_body(
     ``events`` is always present (the spec requires it). Ephemeral data goes
     under ``ephemeral`` and/or ``de.sorunome.msc2409.ephemeral`` as the
     registration asks; to-device messages under both their stable (MSC4203)
-    and unstable names, because receivers differ in which they read.
+    and unstable names, because receivers differ in which they read; device
+    data as one merged MSC3202 summary, each key only when non-empty.
     """
     parts = [b'{"' + EVENTS.encode() + b'":' + _array(events)]
     if ephemeral:
@@ -42,4 +93,7 @@ def build_body(
         array = _array(to_device)
         parts.append(b'"' + TO_DEVICE.encode() + b'":' + array)
         parts.append(b'"' + TO_DEVICE_MSC2409.encode() + b'":' + array)
+    if device:
+        for key, value in merge_device_data(device).items():
+            parts.append(orjson.dumps(key) + b":" + orjson.dumps(value))
     return b",".join(parts) + b"}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,10 @@ class RecordingAppservice:
     _hung: bool = False
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
     _runner: web.AppRunner | None = None
+    _fail_matching: list[tuple[Callable[[Received], bool], int]] = field(default_factory=list)
+    pings: list[dict[str, Any]] = field(default_factory=list)
+    ping_status: int = 200
+    ping_hangs: bool = False
     url: str = ""
 
     def __post_init__(self) -> None:
@@ -54,6 +59,7 @@ class RecordingAppservice:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_put("/_matrix/app/v1/transactions/{txn_id}", self._transaction)
+        app.router.add_post("/_matrix/app/v1/ping", self._ping)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -65,6 +71,7 @@ class RecordingAppservice:
     async def stop(self) -> None:
         self._gate.set()
         self._hung = False
+        self.ping_hangs = False
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -79,6 +86,27 @@ class RecordingAppservice:
 
     def fail_next(self, count: int, status: int = 500) -> None:
         self._failures.extend([status] * count)
+
+    def fail_matching(self, predicate: Callable[[Received], bool], times: int) -> None:
+        """Answer 500 to the first ``times`` requests for which ``predicate`` holds."""
+        self._fail_matching.append((predicate, times))
+
+    def _should_fail(self, received: Received) -> int | None:
+        if self._failures:
+            return self._failures.pop(0)
+        for index, (predicate, times) in enumerate(self._fail_matching):
+            if times > 0 and predicate(received):
+                self._fail_matching[index] = (predicate, times - 1)
+                return 500
+        return None
+
+    async def _ping(self, request: web.Request) -> web.Response:
+        self.pings.append({"authorization": request.headers.get("Authorization"), "body": await request.json()})
+        if self.ping_hangs:
+            await asyncio.sleep(3600)
+        if self.ping_status != 200:
+            return web.json_response({"errcode": "M_UNKNOWN", "error": "ping refused"}, status=self.ping_status)
+        return web.json_response({})
 
     async def _transaction(self, request: web.Request) -> web.Response:
         received = Received(
@@ -96,8 +124,9 @@ class RecordingAppservice:
         await self._gate.wait()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        if self._failures:
-            return web.json_response({"errcode": "M_UNKNOWN"}, status=self._failures.pop(0))
+        failure = self._should_fail(received)
+        if failure is not None:
+            return web.json_response({"errcode": "M_UNKNOWN"}, status=failure)
         if received.authorization != f"Bearer {self.hs_token}":
             return web.json_response({"errcode": "M_FORBIDDEN"}, status=403)
         return web.json_response({})

@@ -48,15 +48,15 @@ def run(state: AppserviceState, *inputs: Input, now: int = NOW) -> tuple[Appserv
     return state, out
 
 
-def formed(commands: list[object]) -> list[tuple[int, int, int]]:
+def formed(commands: list[object]) -> list[tuple[int, int, int, int]]:
     return [c.txn.counts for c in commands if isinstance(c, FormTxn)]
 
 
 def test_idle_appservice_sends_first_item_at_once_alone() -> None:
     state, out = run(AppserviceState(), items(1, 2, 3))
-    assert formed(out) == [(1, 0, 0)]
+    assert formed(out) == [(1, 0, 0, 0)]
     assert state.phase is Phase.SENDING
-    assert state.queued == (2, 0, 0)
+    assert state.queued == (2, 0, 0, 0)
     assert [type(c) for c in out] == [Enqueue, FormTxn, SendTxn, Enqueue]
 
 
@@ -66,7 +66,7 @@ def test_items_arriving_while_sending_go_together_in_next_txn() -> None:
     assert txn is not None
     state, _ = run(state, items(2), items(3))
     state, out = run(state, TxnSucceeded(txn.txn_id))
-    assert formed(out) == [(2, 0, 0)]
+    assert formed(out) == [(2, 0, 0, 0)]
 
 
 def test_200_items_behind_a_held_txn_arrive_as_1_100_99() -> None:
@@ -75,7 +75,7 @@ def test_200_items_behind_a_held_txn_arrive_as_1_100_99() -> None:
     while state.inflight is not None:
         state, out = run(state, TxnSucceeded(state.inflight.txn_id))
         sizes += formed(out)
-    assert sizes == [(1, 0, 0), (100, 0, 0), (99, 0, 0)]
+    assert sizes == [(1, 0, 0, 0), (100, 0, 0, 0), (99, 0, 0, 0)]
 
 
 def test_kinds_have_independent_limits() -> None:
@@ -89,23 +89,23 @@ def test_kinds_have_independent_limits() -> None:
         items(*range(301, 451), kind=ItemKind.TO_DEVICE),
     )
     state, out = run(state, TxnSucceeded(first))
-    assert formed(out) == [(100, 100, 100)]
+    assert formed(out) == [(100, 100, 100, 0)]
     assert state.inflight is not None
     state, out = run(state, TxnSucceeded(state.inflight.txn_id))
-    assert formed(out) == [(50, 50, 50)]
+    assert formed(out) == [(50, 50, 50, 0)]
 
 
 def test_replayed_items_are_dropped_by_source_position() -> None:
     state, _ = run(AppserviceState(), items(5, 6))
     state, out = run(state, items(5, 6, 7))
-    assert state.queued == (2, 0, 0)  # 6 from the first batch, 7 now
+    assert state.queued == (2, 0, 0, 0)  # 6 from the first batch, 7 now
     assert [c.payloads for c in out if isinstance(c, Enqueue)] == [(b'{"o":7}',)]
 
 
 def test_positions_are_tracked_per_input_partition() -> None:
     state, _ = run(AppserviceState(), items(5, partition=0))
     state, _ = run(state, items(1, partition=1))
-    assert state.queued == (1, 0, 0)
+    assert state.queued == (1, 0, 0, 0)
 
 
 def test_txn_ids_start_above_the_clock_in_microseconds() -> None:
@@ -180,7 +180,7 @@ def test_items_are_parked_while_down_and_drain_in_full_txns_after_success() -> N
     while state.inflight is not None:
         state, out = run(state, TxnSucceeded(state.inflight.txn_id))
         sizes += formed(out)
-    assert sizes == [(100, 0, 0), (100, 0, 0), (50, 0, 0)]
+    assert sizes == [(100, 0, 0, 0), (100, 0, 0, 0), (50, 0, 0, 0)]
     assert state.phase is Phase.IDLE and state.attempt == 0
 
 

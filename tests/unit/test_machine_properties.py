@@ -26,7 +26,7 @@ from streams.machine import (
 )
 from streams.matrix import TxnID
 
-CONFIG = MachineConfig(unit_ms=10, max_per_kind=(3, 2, 2))
+CONFIG = MachineConfig(unit_ms=10, max_per_kind=(3, 2, 2, 1_000))
 
 # An action: what happens next; outcomes refer to the txn in flight or a stale one.
 actions = st.one_of(
@@ -42,9 +42,9 @@ def test_guarantees_hold_for_any_sequence(walk: list[tuple[str, list[ItemKind], 
     state = AppserviceState()
     now = 1_000_000
     offset = 0
-    accepted: list[list[bytes]] = [[], [], []]  # per kind, in arrival order
-    delivered: list[list[bytes]] = [[], [], []]
-    queue: list[list[bytes]] = [[], [], []]  # a model of the backlog
+    accepted: list[list[bytes]] = [[], [], [], []]  # per kind, in arrival order
+    delivered: list[list[bytes]] = [[], [], [], []]
+    queue: list[list[bytes]] = [[], [], [], []]  # a model of the backlog
     stored: dict[int, list[list[bytes]]] = {}
     txn_ids: list[int] = []
     for name, kinds, replay in walk:

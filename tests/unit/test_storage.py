@@ -64,22 +64,22 @@ def test_appservice_state_round_trip() -> None:
     stored = StoredAppservice(
         AppserviceState(
             phase=Phase.BACKING_OFF,
-            inflight=Txn(TxnID(123), (1, 2, 3)),
+            inflight=Txn(TxnID(123), (1, 2, 3, 4)),
             attempt=2,
             retry_at_ms=99,
             down_since_ms=50,
             last_txn_id=123,
-            queued=(4, 5, 6),
+            queued=(4, 5, 6, 7),
             applied=((0, 10), (3, 7)),
         ),
-        BacklogCursor((KindCursor(1, 2, 3), KindCursor(), KindCursor(0, 0, 9))),
+        BacklogCursor((KindCursor(1, 2, 3), KindCursor(), KindCursor(0, 0, 9), KindCursor(4, 0, 5))),
     )
     assert decode_appservice(encode_appservice(stored)) == stored
 
 
 def test_appservice_state_golden_bytes() -> None:
     raw = encode_appservice(StoredAppservice(AppserviceState(), BacklogCursor()))
-    assert raw == b'\x01["idle",null,0,null,null,0,[0,0,0],[],[[0,0,0],[0,0,0],[0,0,0]]]'
+    assert raw == b'\x01["idle",null,0,null,null,0,[0,0,0,0],[],[[0,0,0],[0,0,0],[0,0,0],[0,0,0]]]'
 
 
 def test_txn_golden_bytes_and_round_trip() -> None:
