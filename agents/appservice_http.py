@@ -13,7 +13,7 @@ import logging
 import aiohttp
 import orjson
 
-from streams.matrix import TRANSACTIONS_PATH, TxnID
+from streams.matrix import PING_PATH, TRANSACTIONS_PATH, TxnID
 from streams.outcome import ConnectFailed, Delivered, HttpError, Outcome, TimedOut
 from streams.registration import Registration
 
@@ -83,6 +83,25 @@ class AppserviceClient:
         except aiohttp.ClientError as exc:
             return ConnectFailed(type(exc).__name__)
         except OSError as exc:
+            return ConnectFailed(type(exc).__name__)
+
+    async def ping(self, registration: Registration, transaction_id: str | None) -> Outcome:
+        """POST the appservice's ping endpoint; never raises for what the network or appservice does."""
+        assert registration.url is not None, "callers refuse url: null first"
+        url = registration.url.rstrip("/") + PING_PATH
+        headers = {"Authorization": f"Bearer {registration.hs_token}", "Content-Type": "application/json"}
+        body = orjson.dumps({} if transaction_id is None else {"transaction_id": transaction_id})
+        try:
+            async with self._session(registration).post(url, data=body, headers=headers) as response:
+                payload = await response.read()
+                if 200 <= response.status < 300:
+                    return Delivered(response.status)
+                return HttpError(response.status, body=payload.decode(errors="replace")[:1000])
+        except aiohttp.ServerTimeoutError as exc:
+            return TimedOut("connect" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "response")
+        except TimeoutError:
+            return TimedOut("response")
+        except (aiohttp.ClientError, OSError) as exc:
             return ConnectFailed(type(exc).__name__)
 
     async def stop(self) -> None:

@@ -125,10 +125,20 @@ def create_pipeline(settings: Settings, registrations: tuple[Registration, ...])
     )
     # Imported here: each module registers its agent on the app it is given.
     from agents import delayer, deliverer, router
+    from agents.fatal import fatal
+    from agents.http_api import HttpApi
 
     router.install(pipeline)
     senders = deliverer.install(pipeline)
     delayer.install(pipeline)
+    http_api = HttpApi(pipeline)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def start_http_api() -> None:
+        try:
+            await http_api.start()
+        except Exception as exc:
+            fatal(exc, "HTTP API")
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def resume_owned(sender: Any, **kwargs: Any) -> None:
@@ -136,10 +146,18 @@ def create_pipeline(settings: Settings, registrations: tuple[Registration, ...])
         # the owner, whose machine resends what was in flight or re-arms its
         # retry timer (see Resume in streams.machine). Duplicates are harmless.
         pipeline.background.spawn(deliverer.resume_all(pipeline), "resume appservices")
-        log.info("worker ready: partitions assigned, %d appservices", len(pipeline.registrations))
+        owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == settings.inbox_topic)
+        pipeline.background.spawn(announce_ready(owned), "announce ready")
+
+    async def announce_ready(owned: list[int]) -> None:
+        # Faust starts app tasks (the HTTP API among them) only after the
+        # first rebalance, so "ready" waits for them here, not in the hook.
+        await http_api.started.wait()
+        log.info("worker ready: owns inbox partitions %s, %d appservices", owned, len(pipeline.registrations))
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def stop_io(sender: Any, **kwargs: Any) -> None:
+        await http_api.stop()
         await senders.stop()
         await pipeline.background.stop()
         await pipeline.client.stop()

@@ -25,6 +25,7 @@ class HttpError:
     status: int
     errcode: str | None = None
     retry_after_ms: int | None = None
+    body: str | None = None  # kept for pings, whose error answer quotes it
 
     def describe(self) -> str:
         return f"HTTP {self.status}" + (f" {self.errcode}" if self.errcode else "")

@@ -37,6 +37,9 @@ class Settings:
     # takes its partitions back at once instead of waiting out the session.
     instance_id: str | None = None
     session_timeout_s: float = 10.0
+    # The worker's HTTP API (appservice ping; 0 turns it off).
+    http_host: str = "127.0.0.1"
+    http_port: int = 8009
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -93,6 +96,8 @@ def from_environment(registrations_dir: Path, env: Mapping[str, str] | None = No
         "input_partitions": int(_number(env, "APPSERVICE_STREAMS_INPUT_PARTITIONS", 8)),
         "instance_id": env.get("APPSERVICE_STREAMS_INSTANCE_ID") or None,
         "session_timeout_s": _number(env, "APPSERVICE_STREAMS_SESSION_TIMEOUT_S", 10.0),
+        "http_host": env.get("APPSERVICE_STREAMS_HTTP_HOST") or "127.0.0.1",
+        "http_port": int(env.get("APPSERVICE_STREAMS_HTTP_PORT") or 8009),
         "legacy_authorization": env.get("APPSERVICE_STREAMS_LEGACY_AUTHORIZATION", "").lower() in ("1", "true", "yes"),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -44,6 +44,7 @@ class RecordingAppservice:
     delay_s: float = 0.0
     _failures: list[int] = field(default_factory=list)
     _gate: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _hung: bool = False
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
     _runner: web.AppRunner | None = None
@@ -69,6 +70,7 @@ class RecordingAppservice:
         return self.url
 
     async def stop(self) -> None:
+        self._stopping.set()  # hung handlers return, so the server closes at once
         self._gate.set()
         self._hung = False
         self.ping_hangs = False
@@ -103,7 +105,7 @@ class RecordingAppservice:
     async def _ping(self, request: web.Request) -> web.Response:
         self.pings.append({"authorization": request.headers.get("Authorization"), "body": await request.json()})
         if self.ping_hangs:
-            await asyncio.sleep(3600)
+            await self._stopping.wait()
         if self.ping_status != 200:
             return web.json_response({"errcode": "M_UNKNOWN", "error": "ping refused"}, status=self.ping_status)
         return web.json_response({})
@@ -120,7 +122,7 @@ class RecordingAppservice:
             self.requests.append(received)
             self._arrived.notify_all()
         if self._hung:
-            await asyncio.sleep(3600)
+            await self._stopping.wait()
         await self._gate.wait()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)

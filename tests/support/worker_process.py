@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,12 @@ from typing import Any
 import yaml
 
 READY = "worker ready"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def write_registration(directory: Path, appservice_id: str, url: str | None, **overrides: Any) -> Path:
@@ -47,6 +54,8 @@ class WorkerProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    http_port: int = field(default_factory=free_port)
+    instance: str = "worker"
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "agents.cli", "worker", "--registrations", str(self.registrations)]
@@ -61,7 +70,8 @@ class WorkerProcess:
             "APPSERVICE_STREAMS_RETRY_UNIT_MS": str(self.retry_unit_ms),
             "APPSERVICE_STREAMS_PARTITIONS": "4",
             "APPSERVICE_STREAMS_INPUT_PARTITIONS": "4",
-            "APPSERVICE_STREAMS_INSTANCE_ID": f"{self.app_id}-worker",
+            "APPSERVICE_STREAMS_INSTANCE_ID": f"{self.app_id}-{self.instance}",
+            "APPSERVICE_STREAMS_HTTP_PORT": str(self.http_port),
             **self.extra_env,
         }
 
@@ -91,6 +101,14 @@ class WorkerProcess:
                 raise AssertionError(f"worker exited with {self.process.returncode}:\n{text[-3000:]}")
             time.sleep(0.1)
         raise AssertionError(f"worker not ready after {timeout_s} s:\n{self.log_text()[-3000:]}")
+
+    def owned_partitions(self) -> list[int] | None:
+        """Inbox partitions this worker said it owns at its latest rebalance."""
+        lines = [line for line in self.log_text().splitlines() if "owns inbox partitions" in line]
+        if not lines:
+            return None
+        listed = lines[-1].split("owns inbox partitions ")[1].split("]")[0].strip("[")
+        return [int(p) for p in listed.split(",") if p.strip()]
 
     def kill(self) -> None:
         """SIGKILL: no shutdown hooks, no final commit."""
