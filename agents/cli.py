@@ -23,7 +23,7 @@ log = logging.getLogger("appservice_streams")
 def _kafka(args: argparse.Namespace) -> int:
     from streams.local_kafka import LocalKafka, LocalKafkaError
 
-    kafka = LocalKafka(root=Path(args.home), port=args.port)
+    kafka = LocalKafka(root=Path(args.home), port=args.port, controller_port=args.port + 1)
     try:
         if args.action == "start":
             kafka.start()
@@ -125,7 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     kafka = sub.add_parser("kafka", help="run the local Kafka broker")
     kafka.add_argument("action", choices=["start", "stop", "status", "reset"])
     kafka.add_argument("--home", default=".", help="folder that holds .kafka/ and kafka/pom.xml (default: .)")
-    kafka.add_argument("--port", type=int, default=9092)
+    kafka.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("APPSERVICE_STREAMS_KAFKA_PORT") or 9092),
+        help="broker port; the controller uses the next one (default APPSERVICE_STREAMS_KAFKA_PORT or 9092)",
+    )
     kafka.set_defaults(run=_kafka)
 
     worker = sub.add_parser("worker", help="run a delivery worker")

@@ -83,7 +83,8 @@ def _start_worker(registrations: Path, env: dict[str, str], log_path: Path) -> s
 
 
 async def _run(home: Path, count: int) -> int:
-    kafka = LocalKafka(root=home)
+    port = int(os.environ.get("APPSERVICE_STREAMS_KAFKA_PORT") or 9092)
+    kafka = LocalKafka(root=home, port=port, controller_port=port + 1)
     print("1/5 starting the local Kafka broker (first run fetches its jars from Maven Central)…", flush=True)
     try:
         kafka.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -18,8 +19,10 @@ ROOT = Path(__file__).parents[2]
 
 @pytest.fixture(scope="session")
 def kafka() -> LocalKafka:
-    broker = LocalKafka(root=ROOT)
+    port = int(os.environ.get("APPSERVICE_STREAMS_KAFKA_PORT") or 9092)
+    broker = LocalKafka(root=ROOT, port=port, controller_port=port + 1)
     broker.start()  # idempotent: CI starts it first, a developer may not have
+    os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap  # for the worker processes
     return broker
 
 

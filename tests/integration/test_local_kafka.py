@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,14 +32,6 @@ DISTINCT_KEYS = 23
 
 # partition -> [(offset, key, value)] in offset order
 Log = dict[int, list[tuple[int, bytes, bytes]]]
-
-
-@pytest.fixture(scope="module")
-def kafka() -> Iterator[LocalKafka]:
-    """The shared dev broker; started if needed and deliberately left running."""
-    broker = LocalKafka(root=ROOT)
-    broker.start()
-    yield broker
 
 
 @pytest.fixture
