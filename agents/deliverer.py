@@ -52,8 +52,16 @@ class Senders:
     async def _send(self, send: Send) -> None:
         pipeline = self._pipeline
         registration = pipeline.registrations[send.appservice_id]
-        outcome = await pipeline.client.put_transaction(registration, send.txn_id, send.body)
-        result = as_input(outcome, send.txn_id, jitter=random.random())
+        try:
+            outcome = await pipeline.client.put_transaction(registration, send.txn_id, send.body)
+            result = as_input(outcome, send.txn_id, jitter=random.random())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Our bug, not the appservice's: still report a failure, so the
+            # machine backs off and retries instead of waiting forever.
+            log.exception("sending txn %s to %s failed inside the worker", send.txn_id, send.appservice_id)
+            result = TxnFailed(send.txn_id, f"internal error: {type(exc).__name__}", None, random.random())
         if isinstance(result, TxnFailed):
             log.info(
                 "appservice %s txn %s attempt %d failed: %s",
