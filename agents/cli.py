@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--bootstrap-servers")
     produce.set_defaults(run=_produce)
 
+    sub.add_parser("bench", help="the benchmark: appservice-streams bench --help")
+
     demo = sub.add_parser("demo", help="broker + worker + a demo appservice + sample events, end to end")
     demo.add_argument("--home", default=".")
     demo.add_argument("--events", type=int, default=250)
@@ -156,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the benchmark parses its own flags
+        from bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return int(args.run(args))

@@ -46,7 +46,9 @@ def summarize(values: Iterable[float]) -> Summary | None:
     ordered = sorted(values)
     if not ordered:
         return None
-    return Summary(len(ordered), percentile(ordered, 50), percentile(ordered, 99), ordered[-1], sum(ordered) / len(ordered))
+    return Summary(
+        len(ordered), percentile(ordered, 50), percentile(ordered, 99), ordered[-1], sum(ordered) / len(ordered)
+    )
 
 
 def steady_rate(arrivals_ns: Sequence[int], low: float = 0.1, high: float = 0.9) -> float | None:
@@ -96,9 +98,7 @@ def bins(times_s: Sequence[float], values: Sequence[float], width_s: float) -> l
     out = []
     for index in sorted(grouped):
         ordered = sorted(grouped[index])
-        out.append(
-            Bin(index * width_s, len(ordered), percentile(ordered, 50), percentile(ordered, 99), ordered[-1])
-        )
+        out.append(Bin(index * width_s, len(ordered), percentile(ordered, 50), percentile(ordered, 99), ordered[-1]))
     return out
 
 

@@ -1,0 +1,128 @@
+"""The broker side of the bench: start it if needed, its version, consumer lag, and cleaning up our topics."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from bench.procs import ROOT
+
+BOOTSTRAP = "127.0.0.1:9092"
+
+
+def ensure_running(bootstrap: str = BOOTSTRAP) -> None:
+    """Start the local broker when the bootstrap is the local one (idempotent).
+
+    Raises:
+        streams.local_kafka.LocalKafkaError: it cannot be started.
+    """
+    if bootstrap != BOOTSTRAP:
+        return
+    from streams.local_kafka import LocalKafka
+
+    LocalKafka(root=ROOT).start()
+
+
+def kafka_version() -> str:
+    """The broker's version, from its jar name (or the pinned version in kafka/pom.xml)."""
+    for jar in sorted((ROOT / ".kafka" / "libs").glob("kafka_2.13-*.jar")):
+        match = re.fullmatch(r"kafka_2\.13-([0-9.]+)\.jar", jar.name)
+        if match:
+            return match.group(1)
+    pom = ROOT / "kafka" / "pom.xml"
+    match = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom.read_text()) if pom.exists() else None
+    return match.group(1) if match else "unknown"
+
+
+class Lag:
+    """Consumer-group lag (high watermark minus committed offset), summed over a topic's partitions."""
+
+    def __init__(self, bootstrap: str = BOOTSTRAP) -> None:
+        self._bootstrap = bootstrap
+        self._admin = AdminClient({"bootstrap.servers": bootstrap})
+        self._watermarks = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watermarks"})
+        self._groups: dict[str, Consumer] = {}  # one per group, only to read its committed offsets
+
+    def partitions(self, topic: str) -> list[int]:
+        metadata = self._admin.list_topics(topic, timeout=10)
+        found = metadata.topics.get(topic)
+        return [] if found is None or found.error is not None else sorted(found.partitions)
+
+    def high(self, topic: str) -> int:
+        return sum(
+            self._watermarks.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+            for p in self.partitions(topic)
+        )
+
+    def committed(self, group: str, topic: str) -> int:
+        consumer = self._groups.get(group)
+        if consumer is None:
+            config = {"bootstrap.servers": self._bootstrap, "group.id": group, "enable.auto.commit": False}
+            consumer = self._groups[group] = Consumer(config)
+        offsets = consumer.committed([TopicPartition(topic, p) for p in self.partitions(topic)], timeout=10)
+        return sum(max(0, tp.offset) for tp in offsets)
+
+    def lag_by_partition(self, group: str, topic: str) -> dict[int, int]:
+        """Lag per partition: high watermark minus the group's committed offset (0 when nothing was committed)."""
+        consumer = self._groups.get(group)
+        if consumer is None:
+            config = {"bootstrap.servers": self._bootstrap, "group.id": group, "enable.auto.commit": False}
+            consumer = self._groups[group] = Consumer(config)
+        partitions = self.partitions(topic)
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        out = {}
+        for tp in committed:
+            high = self._watermarks.get_watermark_offsets(
+                TopicPartition(topic, tp.partition), timeout=10, cached=False
+            )[1]
+            out[tp.partition] = max(0, high - max(0, tp.offset))
+        return out
+
+    def lag(self, group: str, topic: str) -> int:
+        return max(0, self.high(topic) - self.committed(group, topic))
+
+    def close(self) -> None:
+        self._watermarks.close()
+        for consumer in self._groups.values():
+            consumer.close()
+
+
+def wait_for_no_lag(
+    lag: Lag, group: str, topics: list[str], timeout_s: float, on_poll: object = None, settle_s: float = 0.0
+) -> bool:
+    """Wait until every topic's lag for ``group`` is 0; ``False`` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        lags = [lag.lag(group, topic) for topic in topics]
+        if callable(on_poll):
+            on_poll(sum(lags))
+        if not any(lags):
+            time.sleep(settle_s)
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def delete_prefixed(prefix: str, bootstrap: str = BOOTSTRAP) -> int:
+    """Delete the topics and consumer groups whose names start with ``prefix``; return how many topics."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+    if topics:
+        for future in admin.delete_topics(topics, operation_timeout=30).values():
+            with contextlib.suppress(KafkaException):
+                future.result(30)
+    with contextlib.suppress(KafkaException, AttributeError):
+        listed = admin.list_consumer_groups().result(10)
+        groups = [g.group_id for g in listed.valid if g.group_id.startswith(prefix)]
+        if groups:
+            for future in admin.delete_consumer_groups(groups).values():
+                with contextlib.suppress(KafkaException):
+                    future.result(10)
+    return len(topics)
+
+
+__all__ = ["BOOTSTRAP", "Lag", "delete_prefixed", "ensure_running", "kafka_version", "wait_for_no_lag"]

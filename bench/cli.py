@@ -1,0 +1,183 @@
+"""``python -m bench`` / ``appservice-streams bench``: run the scenarios, print the table, write JSON and a PNG.
+
+Exit status: 0 when every selected scenario produced figures, 1 when one
+failed or produced none, 2 for bad arguments, 130 on Ctrl-C. Targets are
+reported (pass/miss) and never change the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from bench import broker, procs, report
+from bench.progress import say
+from bench.results import ScenarioResult
+from bench.scenarios import QUICK, SCENARIOS, Context, Sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Sizes()
+    parser = argparse.ArgumentParser(prog="python -m bench", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that every scenario yields figures")
+    parser.add_argument("--out", default="bench-results", help="folder for the JSON and PNG (default bench-results/)")
+    parser.add_argument(
+        "--scenario", action="append", choices=list(SCENARIOS), help="run only these (repeatable; default all)"
+    )
+    parser.add_argument("--bootstrap-servers", default=broker.BOOTSTRAP)
+    parser.add_argument("--keep", action="store_true", help="keep temp folders (worker logs, RocksDB) for debugging")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="bench-results/profile",
+        help="sample the worker with py-spy in throughput (1 worker) and latency; folder (default %(const)s)",
+    )
+    parser.add_argument(
+        "--source",
+        default=str(procs.ROOT),
+        help="tree whose agents/ and streams/ the workers run, e.g. a `git archive` of a commit (default: this one)",
+    )
+    size = parser.add_argument_group("sizes (defaults for a full run; --quick shrinks those not given)")
+    size.add_argument("--appservices", type=int, help=f"appservices with healthy sinks (default {d.appservices})")
+    size.add_argument("--events", type=int, help=f"throughput: events per run (default {d.throughput_events:,})")
+    size.add_argument("--workers", type=int, nargs="+", help="throughput: worker counts (default 1 2)")
+    size.add_argument("--repeat", type=int, help="throughput: runs per consumer, medians reported (default 1)")
+    size.add_argument("--rate", type=float, help=f"latency/isolation: offered events/s (default {d.rate:,.0f})")
+    size.add_argument(
+        "--low-rate",
+        type=float,
+        help=f"latency/isolation: a second point below capacity, 0 = off (default {d.low_rate:g})",
+    )
+    size.add_argument("--duration", type=float, help=f"latency/isolation: seconds of load (default {d.duration_s:g})")
+    size.add_argument("--warmup", type=float, help=f"latency/isolation: seconds left out (default {d.warmup_s:g})")
+    size.add_argument("--catchup-events", type=int, help=f"catch-up: events parked (default {d.catchup_events:,})")
+    size.add_argument(
+        "--catchup-retry-unit-ms", type=int, help=f"catch-up: backoff unit (default {d.catchup_retry_unit_ms})"
+    )
+    size.add_argument("--recovery-events", type=int, help=f"recovery: events parked (default {d.recovery_events:,})")
+    size.add_argument("--memory-events", type=int, help=f"memory: events parked at most (default {d.memory_events:,})")
+    size.add_argument("--memory-steps", type=int, help=f"memory: measuring points (default {d.memory_steps})")
+    return parser
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    base = QUICK if args.quick else Sizes()
+    given = {
+        "appservices": args.appservices,
+        "throughput_events": args.events,
+        "workers": tuple(args.workers) if args.workers else None,
+        "repeat": args.repeat,
+        "rate": args.rate,
+        "low_rate": args.low_rate,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "catchup_events": args.catchup_events,
+        "catchup_retry_unit_ms": args.catchup_retry_unit_ms,
+        "recovery_events": args.recovery_events,
+        "memory_events": args.memory_events,
+        "memory_steps": args.memory_steps,
+    }
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_scenarios(names: Sequence[str], ctx: Context, sizes: Sizes) -> list[ScenarioResult]:
+    results: list[ScenarioResult] = []
+    for name in names:
+        say(f"== {name}")
+        start = time.monotonic()
+        try:
+            result = SCENARIOS[name](ctx, sizes)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            result = ScenarioResult(name, error=f"{type(exc).__name__}: {exc}")
+            say(traceback.format_exc())
+        result.duration_s = time.monotonic() - start
+        ctx.results[name] = result
+        results.append(result)
+        say(
+            f"   {name}: {result.duration_s:.1f} s, {len(result.figures)} figures"
+            + (" (ERROR)" if result.error else "")
+        )
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    sizes = sizes_from(args)
+    names = [n for n in SCENARIOS if not args.scenario or n in args.scenario]
+    started = datetime.now(UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    ctx = Context(
+        prefix=f"bench-{stamp.lower()}-{uuid.uuid4().hex[:4]}",
+        bootstrap=args.bootstrap_servers,
+        quick=args.quick,
+        keep=args.keep,
+        source=Path(args.source).resolve(),
+        profile=Path(args.profile) if args.profile else None,
+    )
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    results: list[ScenarioResult] = []
+    interrupted = False
+    t0 = time.monotonic()
+    try:
+        broker.ensure_running(args.bootstrap_servers)
+        results = run_scenarios(names, ctx, sizes)
+    except KeyboardInterrupt:
+        interrupted = True
+        results = list(ctx.results.values())
+        say("interrupted: stopping every process the bench started")
+    finally:
+        procs.stop_all()
+        try:
+            deleted = broker.delete_prefixed(ctx.prefix, args.bootstrap_servers)
+            say(f"deleted {deleted} topics of this run ({ctx.prefix}*)")
+        except Exception as exc:  # cleanup must not hide the results
+            say(f"could not delete this run's topics: {exc}")
+        signal.signal(signal.SIGTERM, previous)
+    total_s = time.monotonic() - t0
+    doc = report.document(
+        results,
+        started=started.isoformat(),
+        machine=report.machine_info(broker.kafka_version()),
+        argv=argv,
+        quick=args.quick,
+    )
+    doc["sizes"] = dataclasses.asdict(sizes)
+    doc["source"] = str(ctx.source)
+    doc["total_s"] = round(total_s, 1)
+    out = Path(args.out)
+    json_path = out / f"bench-{stamp}.json"
+    report.write_json(doc, json_path)
+    png_path = out / f"bench-{stamp}.png"
+    plotted = report.plot(results, png_path)
+    print(report.format_table(results))
+    for result in results:
+        for label, profile in result.config.get("profile", {}).items():
+            print(report.format_profile(label, profile))
+    print(f"\n{doc['summary']['pass']} pass, {doc['summary']['miss']} miss, total {total_s:.0f} s")
+    print(f"results: {json_path}" + (f"\nplot:    {png_path}" if plotted else ""))
+    if interrupted:
+        return 130
+    failed = [r.name for r in results if r.error is not None or not any(f.value is not None for f in r.figures)]
+    if failed or len(results) < len(names):
+        say(f"scenarios without figures: {', '.join(failed) or 'not run'}")
+        return 1
+    return 0
+
+
+__all__ = ["build_parser", "main"]

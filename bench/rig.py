@@ -1,0 +1,184 @@
+"""One scenario's world: a temp folder, registrations, the sink process, workers, a load generator.
+
+Names are unique per run and scenario (``bench-<run>-<scenario>``: the app id,
+so the consumer group and Faust's topics, and ``…-events``, the input topic),
+so runs never read each other's records. ``close`` stops every process it
+started and deletes the temp folder; ``bench.cli`` deletes the run's topics.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import procs
+from bench.broker import Lag
+from bench.load import SERVER_NAME, LoadGenerator
+from bench.progress import Progress
+from bench.sinks import SinkProcess
+from bench.worker import BenchWorker
+
+HS_TOKEN = "bench-hs-token"
+
+
+def write_registration(directory: Path, name: str, url: str) -> Path:
+    """A Synapse-format registration whose users are ``@<name>_*:example.org``."""
+    doc: dict[str, Any] = {
+        "id": name,
+        "url": url,
+        "as_token": f"as-{name}",
+        "hs_token": HS_TOKEN,
+        "sender_localpart": f"{name}bot",
+        "namespaces": {
+            "users": [{"regex": f"@{name}_.*:{SERVER_NAME}", "exclusive": True}],
+            "rooms": [],
+            "aliases": [],
+        },
+    }
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+class Rig:
+    def __init__(
+        self, prefix: str, scenario: str, bootstrap: str, keep: bool = False, source: Path = procs.ROOT
+    ) -> None:
+        self.source = source
+        self.scenario = scenario
+        self.app_id = f"{prefix}-{scenario}"
+        self.input_topic = f"{self.app_id}-events"
+        self.bootstrap = bootstrap
+        self.root = Path(tempfile.mkdtemp(prefix=f"{self.app_id}-"))
+        self.registrations = self.root / "registrations"
+        self.registrations.mkdir()
+        self.sinks = SinkProcess()
+        self.workers: list[BenchWorker] = []
+        self.others: list[Any] = []  # baseline processes
+        self.keep = keep
+        self._lag: Lag | None = None
+
+    # ------------------------------------------------------------ set-up
+
+    def start_sinks(self, names: Sequence[str], modes: dict[str, str] | None = None) -> list[str]:
+        self.sinks.start()
+        for name in names:
+            write_registration(self.registrations, name, self.sinks.url(name))
+        for name, mode in (modes or {}).items():
+            self.sinks.set_mode(name, mode)
+        from agents.topics import ensure_topic
+
+        ensure_topic(self.bootstrap, self.input_topic, 8)
+        return list(names)
+
+    def worker(self, retry_unit_ms: int = 100, suffix: str = "") -> BenchWorker:
+        index = len(self.workers)
+        worker = BenchWorker(
+            registrations=self.registrations,
+            app_id=self.app_id + suffix,
+            input_topic=self.input_topic,
+            data_dir=self.root / f"data{index}",
+            log_path=self.root / f"worker{index}.log",
+            retry_unit_ms=retry_unit_ms,
+            source=self.source,
+        )
+        self.workers.append(worker)
+        return worker
+
+    def start_workers(self, count: int, retry_unit_ms: int = 100, timeout_s: float = 60.0) -> list[BenchWorker]:
+        """Start ``count`` workers of one group, one after the other, and wait until the group is stable."""
+        started: list[BenchWorker] = []
+        for _ in range(count):
+            seen = [w.ready_count() for w in started]
+            worker = self.worker(retry_unit_ms)
+            worker.start()
+            worker.wait_ready(timeout_s)
+            for earlier, ready_lines in zip(started, seen, strict=True):
+                earlier.wait_ready(timeout_s, count=ready_lines + 1)  # the rebalance reached it too
+            started.append(worker)
+        time.sleep(0.5)
+        return started
+
+    def generator(self, linger_ms: float = 1.0, first_seq: int = 0) -> LoadGenerator:
+        return LoadGenerator(self.bootstrap, self.input_topic, linger_ms=linger_ms, first_seq=first_seq)
+
+    @property
+    def lag(self) -> Lag:
+        if self._lag is None:
+            self._lag = Lag(self.bootstrap)
+        return self._lag
+
+    def inbox_topic(self, worker: BenchWorker) -> str:
+        return f"{worker.app_id}.inbox"
+
+    # ------------------------------------------------------------ waiting
+
+    def wait_delivered(
+        self, count: int, timeout_s: float, label: str, names: Sequence[str] | None = None, stall_s: float = 30.0
+    ) -> int:
+        """Wait until the sinks hold ``count`` events (of ``names``, default all); return how many they hold.
+
+        Gives up after ``timeout_s``, or after ``stall_s`` without progress.
+        """
+        progress = Progress(f"{self.scenario}: {label}", count, "ev")
+        start = time.monotonic()
+        last_change, last = start, -1
+        delivered = 0
+        while True:
+            stats = self.sinks.stats()
+            delivered = sum(s["events"] for n, s in stats.items() if names is None or n in names)
+            progress.update(delivered)
+            now = time.monotonic()
+            if delivered != last:
+                last, last_change = delivered, now
+            if delivered >= count or now - start > timeout_s or now - last_change > stall_s:
+                break
+            time.sleep(0.1)
+        progress.close("" if delivered >= count else f"gave up with {count - delivered} missing")
+        return delivered
+
+    def wait_parked(self, worker: BenchWorker, timeout_s: float, label: str, total: int) -> float | None:
+        """Wait until the worker's group has no lag on the input and inbox topics; seconds waited, None on timeout."""
+        progress = Progress(f"{self.scenario}: {label}", total, "ev")
+        start = time.monotonic()
+        topics = [self.input_topic, self.inbox_topic(worker)]
+
+        def poll(lag: int) -> None:
+            progress.update(max(0, total - lag))
+
+        from bench.broker import wait_for_no_lag
+
+        ok = wait_for_no_lag(self.lag, worker.app_id, topics, timeout_s, on_poll=poll)
+        progress.close("" if ok else "timed out")
+        return time.monotonic() - start if ok else None
+
+    def wait_until(self, predicate: Callable[[], bool], timeout_s: float, step_s: float = 0.02) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(step_s)
+        return False
+
+    # ------------------------------------------------------------ tear-down
+
+    def close(self) -> None:
+        """Stop the sinks now; workers and baselines leave their groups in the background, then the temp folder goes."""
+        self.sinks.stop()
+        if self._lag is not None:
+            self._lag.close()
+        processes = [w.process for w in self.workers if w.process is not None] + list(self.others)
+        root = self.root
+        procs.retire(processes, None if self.keep else lambda: shutil.rmtree(root, ignore_errors=True))
+
+    def __enter__(self) -> Rig:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

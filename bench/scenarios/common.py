@@ -1,0 +1,162 @@
+"""What every scenario shares: the sizes, the run context, and turning sink records into samples."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import procs
+from bench.profile import Profiler, categorize, top_frames
+from bench.results import ScenarioResult
+from bench.stats import NS_PER_MS, NS_PER_S, Bin, bins
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Every scenario's size; each is a command-line flag."""
+
+    appservices: int = 50
+    throughput_events: int = 60_000
+    workers: tuple[int, ...] = (1, 2)
+    rate: float = 2000.0
+    low_rate: float = 500.0  # a second latency/isolation point below the worker's capacity; 0 = off
+    duration_s: float = 15.0
+    warmup_s: float = 2.0
+    catchup_events: int = 100_000
+    catchup_retry_unit_ms: int = 1
+    recovery_events: int = 50_000
+    recovery_live_rate: float = 200.0
+    memory_events: int = 200_000
+    memory_steps: int = 4
+    memory_appservices: int = 8
+    repeat: int = 1
+
+
+QUICK = Sizes(
+    appservices=10,
+    throughput_events=2000,
+    workers=(1, 2),
+    rate=500.0,
+    low_rate=0.0,
+    duration_s=2.0,
+    warmup_s=0.5,
+    catchup_events=1000,
+    recovery_events=1000,
+    recovery_live_rate=100.0,
+    memory_events=1000,
+    memory_steps=1,
+    memory_appservices=4,
+)
+
+
+@dataclass
+class Context:
+    prefix: str
+    bootstrap: str
+    quick: bool = False
+    keep: bool = False
+    source: Path = procs.ROOT
+    profile: Path | None = None  # folder for py-spy samples of the worker (throughput, latency)
+    results: dict[str, ScenarioResult] = field(default_factory=dict)
+
+
+def names(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}{i}" for i in range(count)]
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Per delivered event: produce time (s since ``start_ns``), latency (ms), appservice, seq."""
+
+    t_s: list[float]
+    latency_ms: list[float]
+    appservice: list[str]
+    seq: list[int]
+
+
+def samples(doc: dict[str, Any], start_ns: int, only: Iterable[str] | None = None) -> Samples:
+    """Samples from a sink ``events()`` document, sorted by produce time, optionally for some appservices."""
+    wanted = None if only is None else set(only)
+    table = doc["names"]
+    rows = sorted(
+        (ts, arrival, table[index], seq)
+        for arrival, ts, index, seq in zip(doc["arrival"], doc["ts"], doc["as"], doc["seq"], strict=True)
+        if wanted is None or table[index] in wanted
+    )
+    return Samples(
+        [(ts - start_ns) / NS_PER_S for ts, _, _, _ in rows],
+        [(arrival - ts) / NS_PER_MS for ts, arrival, _, _ in rows],
+        [name for _, _, name, _ in rows],
+        [seq for _, _, _, seq in rows],
+    )
+
+
+def after_warmup(s: Samples, warmup_s: float) -> list[float]:
+    return [ms for t, ms in zip(s.t_s, s.latency_ms, strict=True) if t >= warmup_s]
+
+
+def bin_series(s: Samples, width_s: float = 0.5) -> dict[str, list[float]]:
+    if not s.t_s:
+        return {"t_s": [], "p50_ms": [], "p99_ms": [], "max_ms": []}
+    found: list[Bin] = bins(s.t_s, s.latency_ms, width_s)
+    return {
+        "t_s": [b.start_s for b in found],
+        "p50_ms": [round(b.p50, 3) for b in found],
+        "p99_ms": [round(b.p99, 3) for b in found],
+        "max_ms": [round(b.max, 3) for b in found],
+    }
+
+
+def duplicates_and_missing(delivered_seqs: Sequence[int], produced: int) -> tuple[int, int]:
+    """``(duplicates, missing)`` given the seqs delivered for appservices that were sent ``produced`` events."""
+    distinct = len(set(delivered_seqs))
+    return len(delivered_seqs) - distinct, max(0, produced - distinct)
+
+
+class CpuMeter:
+    """CPU cores used by some processes between ``start`` and ``stop`` (1.0 = one core busy)."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self._pids = list(pids)
+        self._cpu0 = [procs.cpu_seconds(p) or 0.0 for p in self._pids]
+        self._t0 = time.monotonic()
+        self.cores: list[float] = []
+
+    def stop(self) -> list[float]:
+        wall = max(1e-9, time.monotonic() - self._t0)
+        self.cores = [((procs.cpu_seconds(p) or c0) - c0) / wall for p, c0 in zip(self._pids, self._cpu0, strict=True)]
+        return self.cores
+
+
+def start_profile(ctx: Context, pid: int, label: str) -> Profiler | None:
+    if ctx.profile is None:
+        return None
+    profiler = Profiler(pid, ctx.profile, label)
+    return profiler if profiler.start() else None
+
+
+def finish_profile(result: ScenarioResult, profiler: Profiler | None, label: str) -> None:
+    """Stop ``profiler`` and keep its top frames in ``result.config["profile"][label]``."""
+    if profiler is None:
+        return
+    stacks = profiler.stop()
+    own, inclusive = top_frames(stacks)
+    result.config.setdefault("profile", {})[label] = {
+        "samples": sum(count for _, count in stacks),
+        "svg": str(profiler.svg),
+        "folded": str(profiler.raw),
+        "self": [[f.name, round(f.self_pct, 1)] for f in own],
+        "inclusive": [[f.name, round(f.total_pct, 1)] for f in inclusive],
+        "categories": [[name, round(pct, 1)] for name, pct in categorize(stacks)],
+    }
+
+
+def downsample(xs: Sequence[float], ys: Sequence[float], points: int = 400) -> tuple[list[float], list[float]]:
+    if len(xs) <= points:
+        return list(xs), list(ys)
+    step = len(xs) / points
+    picked = [int(i * step) for i in range(points)] + [len(xs) - 1]
+    return [xs[i] for i in picked], [ys[i] for i in picked]
