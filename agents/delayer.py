@@ -41,10 +41,12 @@ def install(pipeline: Pipeline) -> None:
         async for event in stream.events():
             try:
                 arm(loop, event)
+                pipeline.acks.processed([event])
             except BadRecord as exc:
                 message = event.message
                 source = f"{message.topic}[{message.partition}]@{message.offset}"
                 await pipeline.to_dead_letter(event.key, event.value, str(exc), source)
+                pipeline.acks.processed([event])
             except Exception as exc:
                 fatal(exc, "delayer")
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from agents.fatal import fatal
 from agents.pipeline import Pipeline, now_ms
+from agents.positions import PositionGuard
 from agents.table_store import TableStore, partition_of
 from streams.delivery import BodyFormat, Send, run_step
 from streams.errors import BadRecord
@@ -106,6 +107,7 @@ def install(pipeline: Pipeline) -> Senders:
     settings = pipeline.settings
     config = MachineConfig(unit_ms=settings.retry_unit_ms)
     store = TableStore(pipeline.appservices)
+    guard = PositionGuard(store, settings.inbox_topic, settings.bootstrap_servers)
     senders = Senders(pipeline)
     formats = {
         r.id: BodyFormat(ephemeral_stable=r.receive_ephemeral, ephemeral_unstable=r.push_ephemeral_msc2409)
@@ -153,10 +155,14 @@ def install(pipeline: Pipeline) -> Senders:
                 by_partition[event.message.partition].append(event)
             sends: list[Send] = []
             delays: list[tuple[AppserviceID, DelayRecord]] = []
+            ackable: list[Any] = []
             try:
                 for events in by_partition.values():
                     with partition_of(events[-1]):
-                        step_partition(events, sends, delays)
+                        admitted, last, done = await guard.admit(events)
+                        ackable.extend(done)
+                        step_partition(admitted, sends, delays)
+                        guard.advance(events[-1].message.partition, last)  # after the step's writes
                 # Commit order: the step's state is in Kafka before any txn id
                 # it formed goes on the wire and before the batch is acked.
                 await store.durable()
@@ -167,6 +173,7 @@ def install(pipeline: Pipeline) -> Senders:
                     for appservice_id, record in delays
                 ]
                 await asyncio.gather(*timers)
+                pipeline.acks.processed(ackable)
             except Exception as exc:
                 fatal(exc, "deliverer")
 

@@ -25,6 +25,7 @@ import faust
 
 from agents.appservice_http import AppserviceClient
 from agents.background import BackgroundTasks
+from agents.positions import AckFilter
 from streams.interest import Interest
 from streams.matrix import AppserviceID
 from streams.registration import Registration
@@ -60,6 +61,7 @@ class Pipeline:
     rooms: Any
     appservices: Any
     client: AppserviceClient
+    acks: AckFilter
     background: BackgroundTasks = field(default_factory=BackgroundTasks)
 
     async def to_dead_letter(self, key: bytes | None, value: bytes | None, reason: str, source: str) -> None:
@@ -122,6 +124,7 @@ def create_pipeline(settings: Settings, registrations: tuple[Registration, ...])
             response_timeout_s=settings.response_timeout_s,
             legacy_authorization=settings.legacy_authorization,
         ),
+        acks=AckFilter(app),
     )
     # Imported here: each module registers its agent on the app it is given.
     from agents import delayer, deliverer, router

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from typing import Any
 
 from agents.fatal import fatal
 from agents.pipeline import Pipeline
+from agents.positions import PositionGuard
 from agents.table_store import TableStore, partition_of
 from streams import envelope
 from streams.errors import BadRecord
@@ -40,18 +42,33 @@ def install(pipeline: Pipeline) -> None:
         raw = store.get(room_id.encode())
         return RoomState() if raw is None else decode_room(raw)
 
+    guard = PositionGuard(store, settings.input_topic, settings.bootstrap_servers)
+
     @pipeline.app.agent(pipeline.input_topic, name="router")  # type: ignore[untyped-decorator]
     async def route(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
             try:
-                sent: list[Any] = []
+                by_partition: dict[int, list[Any]] = defaultdict(list)
                 for event in batch:
-                    with partition_of(event):
-                        await route_one(event, sent)
-                # Nothing of this batch is acked (and so committed) before the
-                # routed copies and room updates are in Kafka.
+                    by_partition[event.message.partition].append(event)
+                sent: list[Any] = []
+                positions = []
+                ackable: list[Any] = []
+                for events in by_partition.values():
+                    with partition_of(events[-1]):
+                        admitted, last, done = await guard.admit(events)
+                        ackable.extend(done)
+                        for event in admitted:
+                            await route_one(event, sent)
+                    positions.append((events[-1], last))
+                # Nothing of this batch is acked (and so committed), and no
+                # position moves, before the routed copies are in Kafka.
                 await asyncio.gather(*sent)
+                for event, last in positions:
+                    with partition_of(event):
+                        guard.advance(event.message.partition, last)
                 await store.durable()
+                pipeline.acks.processed(ackable)
             except Exception as exc:
                 fatal(exc, "router")
 

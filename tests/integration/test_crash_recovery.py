@@ -54,3 +54,47 @@ async def test_sigkill_mid_stream_then_restart_delivers_everything_in_order(
     assert killed_at < 2 * EVENTS_PER_APPSERVICE, "the kill came too late to test anything"
     assert_delivered_once_in_order(alpha, list(range(EVENTS_PER_APPSERVICE)))
     assert_delivered_once_in_order(beta, [10_000 + n for n in range(EVENTS_PER_APPSERVICE)])
+
+
+@pytest.mark.parametrize("wipe_state", [False, True], ids=["warm-state", "state-rebuilt-from-changelog"])
+async def test_events_produced_while_a_worker_dies_and_restarts_all_arrive_in_order(
+    appservice_factory: Callable[[], RecordingAppservice],
+    registrations: Path,
+    worker: WorkerProcess,
+    producer: EventProducer,
+    wipe_state: bool,
+) -> None:
+    appservice = appservice_factory()
+    await appservice.start()
+    write_registration(registrations, "alpha", appservice.url)
+    worker.start()
+    total = 3000
+    rooms = [f"!room{r}:example.org" for r in range(8)]  # spread over every input partition
+
+    async def produce_steadily() -> None:
+        for n in range(total):
+            producer.send_event(message(n, sender="@alpha_a:example.org", room=rooms[n % len(rooms)]))
+            if n % 100 == 99:
+                producer.flush()
+                await asyncio.sleep(0.05)
+        producer.flush()
+
+    producing = asyncio.create_task(produce_steadily())
+    await appservice.wait_for_events(300, timeout_s=30)
+    worker.kill()
+    if wipe_state:
+        shutil.rmtree(worker.data_dir)
+    worker.start(wait=False)
+    await producing
+    restarts = 0
+    for _ in range(600):  # a supervisor's job: restart on exit code 70, here for at most 60 s
+        if len(set(appservice.delivered_events_ids())) >= total:
+            break
+        restarts += worker.restart_if_it_asked()
+        await asyncio.sleep(0.1)
+    events = await appservice.wait_for_events(total, timeout_s=30)
+    delivered = numbers(events)
+    assert sorted(set(delivered)) == list(range(total)), f"{total - len(set(delivered))} events never arrived"
+    for room in range(len(rooms)):
+        in_room = [n for n in dict.fromkeys(delivered) if n % len(rooms) == room]
+        assert in_room == sorted(in_room), f"room {room} out of order"

@@ -152,6 +152,9 @@ class RecordingAppservice:
             assert first.body == r.body, f"txn {r.txn_id} was resent with a different body"
         return list(seen.values())
 
+    def delivered_events_ids(self) -> list[str]:
+        return [e["event_id"] for e in self.delivered_events()]
+
     def delivered_events(self) -> list[dict[str, Any]]:
         return [e for r in self.delivered() for e in r.events]
 

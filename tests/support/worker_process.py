@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 READY = "worker ready"
+RESTART_ME = 70  # agents.fatal.EXIT_CODE
 
 
 def free_port() -> int:
@@ -109,6 +110,16 @@ class WorkerProcess:
             return None
         listed = lines[-1].split("owns inbox partitions ")[1].split("]")[0].strip("[")
         return [int(p) for p in listed.split(",") if p.strip()]
+
+    def restart_if_it_asked(self) -> bool:
+        """Be the supervisor: restart a worker that exited with code 70 (nothing committed).
+
+        Returns whether it restarted it.
+        """
+        if self.process is not None and self.process.poll() == RESTART_ME:
+            self.start(wait=False)
+            return True
+        return False
 
     def kill(self) -> None:
         """SIGKILL: no shutdown hooks, no final commit."""
