@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from streams.errors import ConfigError
@@ -40,7 +40,6 @@ class Settings:
     # The worker's HTTP API (appservice ping; 0 turns it off).
     http_host: str = "127.0.0.1"
     http_port: int = 8009
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def inbox_topic(self) -> str:
