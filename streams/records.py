@@ -9,6 +9,8 @@ an appservice, replayable after a crash.
 Binary layout, version 1 (integers big-endian)::
 
     inbox item       01 'I' kind:u8 src_partition:u32 src_offset:u64 payload
+    inbox items      01 'B' then per item: kind:u8 src_partition:u32 src_offset:u64
+                     length:u32 payload (one record per appservice per router batch)
     inbox succeeded  01 'S' txn_id:u64
     inbox failed     01 'F' txn_id:u64 retry_after_ms:i64 (-1 = none) reason:utf8
     inbox retry due  01 'D' txn_id:u64
@@ -42,10 +44,43 @@ _ITEM = struct.Struct(">BcBIQ")
 _TXN = struct.Struct(">BcQ")
 _FAILED = struct.Struct(">BcQq")
 _DELAY = struct.Struct(">BQQI")
+_BATCHED = struct.Struct(">BIQI")
+# Kafka refuses records over 1 MB by default; stay well below with headers.
+MAX_BATCH_BYTES = 900_000
 
 
 def encode_item(item: Item) -> bytes:
     return _ITEM.pack(V1, b"I", item.kind, item.source.partition, item.source.offset) + item.payload
+
+
+def encode_items(items: list[Item]) -> list[bytes]:
+    """Items for one appservice as few records as fit under ``MAX_BATCH_BYTES``, in order."""
+    records: list[bytes] = []
+    parts: list[bytes] = [bytes((V1,)), b"B"]
+    size = 2
+    for item in items:
+        part = _BATCHED.pack(item.kind, item.source.partition, item.source.offset, len(item.payload)) + item.payload
+        if size + len(part) > MAX_BATCH_BYTES and len(parts) > 2:
+            records.append(b"".join(parts))
+            parts, size = [bytes((V1,)), b"B"], 2
+        parts.append(part)
+        size += len(part)
+    if len(parts) > 2:
+        records.append(b"".join(parts))
+    return records
+
+
+def _decode_items(raw: bytes) -> ItemsArrived:
+    items = []
+    pos = 2
+    while pos < len(raw):
+        kind, partition, offset, length = _BATCHED.unpack_from(raw, pos)
+        pos += _BATCHED.size
+        if pos + length > len(raw):
+            raise BadRecord("truncated inbox items record")
+        items.append(Item(ItemKind(kind), SourcePosition(partition, offset), raw[pos : pos + length]))
+        pos += length
+    return ItemsArrived(tuple(items))
 
 
 def encode_outcome(event: TxnSucceeded | TxnFailed | RetryDue | Resume | PingSucceeded) -> bytes:
@@ -77,6 +112,8 @@ def decode_inbox(raw: bytes | None, *, jitter: float = 0.0) -> Input:
             _, _, kind, partition, offset = _ITEM.unpack_from(raw)
             items = (Item(ItemKind(kind), SourcePosition(partition, offset), raw[_ITEM.size :]),)
             return ItemsArrived(items)
+        if tag == b"B":
+            return _decode_items(raw)
         if tag == b"S":
             return TxnSucceeded(TxnID(_TXN.unpack_from(raw)[2]))
         if tag == b"F":
