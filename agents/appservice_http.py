@@ -32,6 +32,22 @@ def _retry_after_ms(response: aiohttp.ClientResponse, body: bytes) -> int | None
     return value if isinstance(value, int) and value >= 0 else None
 
 
+def _headers(registration: Registration) -> dict[str, str]:
+    return {"Authorization": f"Bearer {registration.hs_token}", "Content-Type": "application/json"}
+
+
+def _failure(exc: BaseException) -> Outcome:
+    """The outcome for anything aiohttp or the socket raised."""
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return TimedOut("connect" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "response")
+    if isinstance(exc, TimeoutError):
+        # A total timeout surfaces as a bare TimeoutError, not a ClientError.
+        return TimedOut("response")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ConnectFailed(type(exc.os_error).__name__ if exc.os_error else "connect error")
+    return ConnectFailed(type(exc).__name__)
+
+
 class AppserviceClient:
     def __init__(
         self, *, connect_timeout_s: float, response_timeout_s: float, legacy_authorization: bool = False
@@ -54,10 +70,11 @@ class AppserviceClient:
         """PUT one transaction; never raises for anything the network or the appservice does."""
         assert registration.url is not None, "url: null appservices are never routed to"
         url = registration.url.rstrip("/") + TRANSACTIONS_PATH.format(txn_id=txn_id)
-        headers = {"Authorization": f"Bearer {registration.hs_token}", "Content-Type": "application/json"}
         params = {"access_token": registration.hs_token} if self._legacy else None
         try:
-            async with self._session(registration).put(url, data=body, headers=headers, params=params) as response:
+            async with self._session(registration).put(
+                url, data=body, headers=_headers(registration), params=params
+            ) as response:
                 payload = await response.read()
                 if 200 <= response.status < 300:
                     try:
@@ -72,37 +89,22 @@ class AppserviceClient:
                 except orjson.JSONDecodeError:
                     pass
                 return HttpError(response.status, errcode, _retry_after_ms(response, payload))
-        except aiohttp.ServerTimeoutError as exc:
-            phase = "connect" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "response"
-            return TimedOut(phase)
-        except TimeoutError:
-            # A total timeout surfaces as a bare TimeoutError, not a ClientError.
-            return TimedOut("response")
-        except aiohttp.ClientConnectorError as exc:
-            return ConnectFailed(type(exc.os_error).__name__ if exc.os_error else "connect error")
-        except aiohttp.ClientError as exc:
-            return ConnectFailed(type(exc).__name__)
-        except OSError as exc:
-            return ConnectFailed(type(exc).__name__)
+        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+            return _failure(exc)
 
     async def ping(self, registration: Registration, transaction_id: str | None) -> Outcome:
         """POST the appservice's ping endpoint; never raises for what the network or appservice does."""
         assert registration.url is not None, "callers refuse url: null first"
         url = registration.url.rstrip("/") + PING_PATH
-        headers = {"Authorization": f"Bearer {registration.hs_token}", "Content-Type": "application/json"}
         body = orjson.dumps({} if transaction_id is None else {"transaction_id": transaction_id})
         try:
-            async with self._session(registration).post(url, data=body, headers=headers) as response:
+            async with self._session(registration).post(url, data=body, headers=_headers(registration)) as response:
                 payload = await response.read()
                 if 200 <= response.status < 300:
                     return Delivered(response.status)
                 return HttpError(response.status, body=payload.decode(errors="replace")[:1000])
-        except aiohttp.ServerTimeoutError as exc:
-            return TimedOut("connect" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "response")
-        except TimeoutError:
-            return TimedOut("response")
         except (aiohttp.ClientError, OSError) as exc:
-            return ConnectFailed(type(exc).__name__)
+            return _failure(exc)
 
     async def stop(self) -> None:
         sessions, self._sessions = list(self._sessions.values()), {}

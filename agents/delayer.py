@@ -43,9 +43,7 @@ def install(pipeline: Pipeline) -> None:
                 arm(loop, event)
                 pipeline.acks.processed([event])
             except BadRecord as exc:
-                message = event.message
-                source = f"{message.topic}[{message.partition}]@{message.offset}"
-                await pipeline.to_dead_letter(event.key, event.value, str(exc), source)
+                await pipeline.to_dead_letter(event, str(exc))
                 pipeline.acks.processed([event])
             except Exception as exc:
                 fatal(exc, "delayer")

@@ -24,7 +24,7 @@ from agents.positions import PositionGuard
 from agents.table_store import TableStore, partition_of
 from streams.delivery import BodyFormat, Send, run_step
 from streams.errors import BadRecord
-from streams.machine import CameUp, Input, MachineConfig, Resume, TxnFailed, TxnSucceeded, WentDown
+from streams.machine import CameUp, Input, MachineConfig, Resume, TxnFailed, WentDown
 from streams.matrix import AppserviceID
 from streams.outcome import as_input
 from streams.records import DelayRecord, decode_inbox, encode_delay, encode_outcome
@@ -122,11 +122,7 @@ def install(pipeline: Pipeline) -> Senders:
             try:
                 by_appservice[appservice_id].append(decode_inbox(event.value, jitter=jitter))
             except BadRecord as exc:
-                message = event.message
-                source = f"{message.topic}[{message.partition}]@{message.offset}"
-                pipeline.background.spawn(
-                    pipeline.to_dead_letter(event.key, event.value, str(exc), source), "dead-letter"
-                )
+                pipeline.background.spawn(pipeline.to_dead_letter(event, str(exc)), "dead-letter")
         now = now_ms()
         for appservice_id, inputs in by_appservice.items():
             if appservice_id not in formats:
@@ -180,4 +176,4 @@ def install(pipeline: Pipeline) -> Senders:
     return senders
 
 
-__all__ = ["Senders", "TxnSucceeded", "install", "report", "resume_all"]
+__all__ = ["Senders", "install", "report", "resume_all"]

@@ -64,10 +64,13 @@ class Pipeline:
     acks: AckFilter
     background: BackgroundTasks = field(default_factory=BackgroundTasks)
 
-    async def to_dead_letter(self, key: bytes | None, value: bytes | None, reason: str, source: str) -> None:
+    async def to_dead_letter(self, event: Any, reason: str) -> None:
+        """Divert a record nobody can read, with where it came from and why."""
+        message = event.message
+        source = f"{message.topic}[{message.partition}]@{message.offset}"
         log.warning("dead-lettered a record from %s: %s", source, reason)
         await self.dead_letter.send(
-            key=key, value=value, headers={"reason": reason.encode(), "source": source.encode()}
+            key=event.key, value=event.value, headers={"reason": reason.encode(), "source": source.encode()}
         )
 
 

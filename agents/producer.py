@@ -54,12 +54,12 @@ class EventProducer:
         Raises:
             BadRecord: the event lacks a required field (named in the message).
         """
-        raw = envelope.encode_event(dict(event))
+        raw = envelope.encode("event", event=dict(event))
         envelope.decode(raw)  # refuse here what the router would dead-letter
         self._produce(str(event["room_id"]), raw)
 
     def send_room_aliases(self, room_id: str, aliases: Iterable[str]) -> None:
-        self._produce(room_id, envelope.encode_room_aliases(room_id, list(aliases)))
+        self._produce(room_id, envelope.encode("room_aliases", room_id=room_id, aliases=list(aliases)))
 
     def send_ephemeral(self, edu: Mapping[str, Any]) -> None:
         """Queue a typing, receipt or presence EDU. Raises: BadRecord, naming the field."""

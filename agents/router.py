@@ -85,8 +85,7 @@ def install(pipeline: Pipeline) -> None:
         try:
             record = envelope.decode(event.value)
         except BadRecord as exc:
-            where = f"{message.topic}[{message.partition}]@{message.offset}"
-            await pipeline.to_dead_letter(event.key, event.value, str(exc), where)
+            await pipeline.to_dead_letter(event, str(exc))
             return
         if isinstance(record, envelope.RoomAliases):
             room = load(record.room_id)

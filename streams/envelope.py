@@ -204,15 +204,6 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], Envelope]] = {
 }
 
 
-def encode_event(event: dict[str, Any]) -> bytes:
-    """The envelope for one client-format room event."""
-    return orjson.dumps({"v": VERSION, "kind": "event", "event": event})
-
-
-def encode_room_aliases(room_id: str, aliases: list[str]) -> bytes:
-    return orjson.dumps({"v": VERSION, "kind": "room_aliases", "room_id": room_id, "aliases": aliases})
-
-
 def encode(kind: str, **fields: Any) -> bytes:
     """Any envelope: ``encode("ephemeral", edu={…})``, ``encode("to_device", message={…})`` …"""
     return orjson.dumps({"v": VERSION, "kind": kind, **fields})

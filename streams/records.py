@@ -8,7 +8,6 @@ an appservice, replayable after a crash.
 
 Binary layout, version 1 (integers big-endian)::
 
-    inbox item       01 'I' kind:u8 src_partition:u32 src_offset:u64 payload
     inbox items      01 'B' then per item: kind:u8 src_partition:u32 src_offset:u64
                      length:u32 payload (one record per appservice per router batch)
     inbox succeeded  01 'S' txn_id:u64
@@ -40,17 +39,12 @@ from streams.machine import (
 from streams.matrix import TxnID
 
 V1 = 1
-_ITEM = struct.Struct(">BcBIQ")
 _TXN = struct.Struct(">BcQ")
 _FAILED = struct.Struct(">BcQq")
 _DELAY = struct.Struct(">BQQI")
 _BATCHED = struct.Struct(">BIQI")
 # Kafka refuses records over 1 MB by default; stay well below with headers.
 MAX_BATCH_BYTES = 900_000
-
-
-def encode_item(item: Item) -> bytes:
-    return _ITEM.pack(V1, b"I", item.kind, item.source.partition, item.source.offset) + item.payload
 
 
 def encode_items(items: list[Item]) -> list[bytes]:
@@ -108,10 +102,6 @@ def decode_inbox(raw: bytes | None, *, jitter: float = 0.0) -> Input:
         raise BadRecord(f"unknown inbox record version {raw[0]}")
     tag = raw[1:2]
     try:
-        if tag == b"I":
-            _, _, kind, partition, offset = _ITEM.unpack_from(raw)
-            items = (Item(ItemKind(kind), SourcePosition(partition, offset), raw[_ITEM.size :]),)
-            return ItemsArrived(items)
         if tag == b"B":
             return _decode_items(raw)
         if tag == b"S":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +11,7 @@ from mautrix.types import Event
 
 from agents.producer import EventProducer
 from tests.integration.events import message
-from tests.support.worker_process import WorkerProcess, write_registration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.worker_process import WorkerProcess, free_port, write_registration
 
 
 async def test_mautrix_appservice_receives_events_in_order(

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -23,15 +22,11 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Any
 
+from tests.support.worker_process import free_port
+
 NODE_DIR = Path(__file__).parents[1] / "peers" / "node"
 RECEIVER = NODE_DIR / "receiver.js"
 INSTALL_HINT = "run npm ci --prefix tests/peers/node"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class NodeAppservice:
