@@ -18,16 +18,18 @@ import random
 from collections import defaultdict
 from typing import Any
 
+from agents.batching import take_available
 from agents.fatal import fatal
 from agents.pipeline import Pipeline, now_ms
 from agents.positions import PositionGuard
 from agents.table_store import TableStore, partition_of
+from agents.topics import key_partition
 from streams.delivery import BodyFormat, Send, run_step
-from streams.errors import BadRecord
+from streams.errors import BadRecord, InvariantBroken
 from streams.machine import CameUp, Input, MachineConfig, Resume, TxnFailed, WentDown
 from streams.matrix import AppserviceID
 from streams.outcome import as_input
-from streams.records import DelayRecord, decode_inbox, encode_delay, encode_outcome
+from streams.records import DelayRecord, decode_inbox_record, encode_delay, encode_outcome
 
 log = logging.getLogger(__name__)
 
@@ -109,20 +111,37 @@ def install(pipeline: Pipeline) -> Senders:
     store = TableStore(pipeline.appservices)
     guard = PositionGuard(store, settings.inbox_topic, settings.bootstrap_servers)
     senders = Senders(pipeline)
+    inbox_partitions: dict[AppserviceID, int] = {}
     formats = {
         r.id: BodyFormat(ephemeral_stable=r.receive_ephemeral, ephemeral_unstable=r.push_ephemeral_msc2409)
         for r in pipeline.registrations.values()
     }
 
+    def check_partition(appservice_id: AppserviceID, partition: int) -> None:
+        expected = inbox_partitions.get(appservice_id)
+        if expected is None:
+            expected = inbox_partitions[appservice_id] = key_partition(appservice_id.encode(), settings.partitions)
+        if expected != partition:
+            # The router and the producer's partitioner disagree (a changed
+            # partition count?): stepping here would split the appservice's
+            # state across partitions.
+            raise InvariantBroken(
+                f"inbox partition {partition} holds a record for {appservice_id}, whose partition is {expected}"
+                f" with {settings.partitions} partitions; was APPSERVICE_STREAMS_PARTITIONS changed?"
+            )
+
     def step_partition(events: list[Any], sends: list[Send], delays: list[tuple[AppserviceID, DelayRecord]]) -> None:
         by_appservice: dict[AppserviceID, list[Input]] = defaultdict(list)
         jitter = random.random()
         for event in events:
-            appservice_id = AppserviceID(bytes(event.key).decode())
             try:
-                by_appservice[appservice_id].append(decode_inbox(event.value, jitter=jitter))
+                decoded = decode_inbox_record(event.key, event.value, jitter=jitter)
             except BadRecord as exc:
                 pipeline.background.spawn(pipeline.to_dead_letter(event, str(exc)), "dead-letter")
+                continue
+            for appservice_id, input_ in decoded:
+                check_partition(appservice_id, event.message.partition)
+                by_appservice[appservice_id].append(input_)
         now = now_ms()
         for appservice_id, inputs in by_appservice.items():
             if appservice_id not in formats:
@@ -145,7 +164,7 @@ def install(pipeline: Pipeline) -> Senders:
 
     @pipeline.app.agent(pipeline.inbox, name="deliverer")  # type: ignore[untyped-decorator]
     async def deliver(stream: Any) -> None:
-        async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+        async for batch in take_available(stream, settings.batch_max, within=settings.batch_within_s):
             by_partition: dict[int, list[Any]] = defaultdict(list)
             for event in batch:
                 by_partition[event.message.partition].append(event)

@@ -1,9 +1,10 @@
-"""The routing agent: input records → one inbox record per interested appservice.
+"""The routing agent: input records → items on each interested appservice's inbox partition.
 
 Consumes ``matrix.events`` (keyed by room, or by user for presence, to-device
 and device data), keeps each room's local members and aliases in the
 ``rooms`` table, asks ``streams.routing`` which appservices want the record,
-and re-keys a copy onto the inbox by appservice ID. Each copy
+and writes a copy to the appservice's inbox partition (one record per
+partition per batch, see ``streams.records``). Each copy
 carries the event's input position, which the deliverer uses to drop replays.
 A record nobody can read goes to the dead-letter topic; it never stalls the
 partition.
@@ -16,19 +17,24 @@ import logging
 from collections import defaultdict
 from typing import Any
 
+from agents.batching import take_available
 from agents.fatal import fatal
 from agents.pipeline import Pipeline
 from agents.positions import PositionGuard
 from agents.table_store import TableStore, partition_of
+from agents.topics import key_partition
 from streams import envelope
 from streams.errors import BadRecord
 from streams.machine import Item, SourcePosition
 from streams.matrix import AppserviceID
-from streams.records import encode_items
+from streams.records import encode_routed
 from streams.rooms import RoomState, apply_event, decode_room, encode_room, with_aliases
 from streams.routing import recipients
 
 log = logging.getLogger(__name__)
+
+# Routed items of one batch: inbox partition → appservice → items in input order.
+Routed = defaultdict[int, defaultdict[AppserviceID, list[Item]]]
 
 
 def install(pipeline: Pipeline) -> None:
@@ -44,15 +50,19 @@ def install(pipeline: Pipeline) -> None:
         return RoomState() if raw is None else decode_room(raw)
 
     guard = PositionGuard(store, settings.input_topic, settings.bootstrap_servers)
+    inbox_partitions = {
+        appservice_id: key_partition(appservice_id.encode(), settings.partitions)
+        for appservice_id in pipeline.registrations
+    }
 
     @pipeline.app.agent(pipeline.input_topic, name="router")  # type: ignore[untyped-decorator]
     async def route(stream: Any) -> None:
-        async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+        async for batch in take_available(stream, settings.batch_max, within=settings.batch_within_s):
             try:
                 by_partition: dict[int, list[Any]] = defaultdict(list)
                 for event in batch:
                     by_partition[event.message.partition].append(event)
-                routed: dict[AppserviceID, list[Item]] = defaultdict(list)
+                routed: Routed = defaultdict(lambda: defaultdict(list))
                 positions = []
                 ackable: list[Any] = []
                 for events in by_partition.values():
@@ -62,12 +72,13 @@ def install(pipeline: Pipeline) -> None:
                         for event in admitted:
                             await route_one(event, routed)
                     positions.append((events[-1], last))
-                # One inbox record per appservice per batch, items in input order:
-                # the per-record cost in Faust and aiokafka is what limits us.
+                # One inbox record per inbox partition per batch, items in
+                # input order: the per-record cost in Faust and aiokafka is
+                # what limits us (see streams.records).
                 sent = [
-                    await inbox.send(key=appservice_id.encode(), value=value)
-                    for appservice_id, items in routed.items()
-                    for value in encode_items(items)
+                    await inbox.send(key=None, value=value, partition=partition)
+                    for partition, groups in routed.items()
+                    for value in encode_routed(groups)
                 ]
                 # Nothing of this batch is acked (and so committed), and no
                 # position moves, before the routed copies are in Kafka.
@@ -80,7 +91,7 @@ def install(pipeline: Pipeline) -> None:
             except Exception as exc:
                 fatal(exc, "router")
 
-    async def route_one(event: Any, routed: dict[AppserviceID, list[Item]]) -> None:
+    async def route_one(event: Any, routed: Routed) -> None:
         message = event.message
         try:
             record = envelope.decode(event.value)
@@ -106,4 +117,4 @@ def install(pipeline: Pipeline) -> None:
         delivery = recipients(record, view, interest)
         item = Item(delivery.kind, SourcePosition(message.partition, message.offset), delivery.payload)
         for appservice_id in delivery.appservices:
-            routed[appservice_id].append(item)
+            routed[inbox_partitions[appservice_id]][appservice_id].append(item)

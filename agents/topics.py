@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
@@ -40,3 +41,14 @@ def ensure_topic(bootstrap_servers: str, name: str, partitions: int, timeout_s: 
         if "TOPIC_ALREADY_EXISTS" not in str(exc):
             raise ConfigError(f"cannot create topic {name} on {bootstrap_servers}: {exc}") from exc
     return partitions
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for ``key`` (murmur2, as Java and aiokafka do).
+
+    The router writes routed items to an inbox partition explicitly; every
+    other inbox record is keyed by appservice ID and placed by Faust's
+    (aiokafka's) default partitioner. Both must agree, or an appservice's
+    state would be split across partitions.
+    """
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions

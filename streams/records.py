@@ -6,10 +6,16 @@ The inbox carries *every* input of the state machine: routed items, send
 outcomes, retry timers, resumes. Its log is therefore the full history of
 an appservice, replayable after a crash.
 
+Routed items are the exception to one appservice per record: the router
+writes one record per inbox *partition* per batch, holding the items of every
+appservice that hashes there (the per-record cost in Faust and aiokafka is
+what limits a worker, and 50 appservices would cut a batch into 50 records).
+It is produced to that partition explicitly, with no key.
+
 Binary layout, version 1 (integers big-endian)::
 
-    inbox items      01 'B' then per item: kind:u8 src_partition:u32 src_offset:u64
-                     length:u32 payload (one record per appservice per router batch)
+    inbox routed     01 'M' then per appservice: id_length:u16 id:utf8 items_length:u32
+                     items, each: kind:u8 src_partition:u32 src_offset:u64 length:u32 payload
     inbox succeeded  01 'S' txn_id:u64
     inbox failed     01 'F' txn_id:u64 retry_after_ms:i64 (-1 = none) reason:utf8
     inbox retry due  01 'D' txn_id:u64
@@ -36,45 +42,90 @@ from streams.machine import (
     TxnFailed,
     TxnSucceeded,
 )
-from streams.matrix import TxnID
+from streams.matrix import AppserviceID, TxnID
 
 V1 = 1
 _TXN = struct.Struct(">BcQ")
 _FAILED = struct.Struct(">BcQq")
 _DELAY = struct.Struct(">BQQI")
-_BATCHED = struct.Struct(">BIQI")
+_ITEM = struct.Struct(">BIQI")
+_GROUP = struct.Struct(">HI")  # id length, then (after the id) items length
+_ROUTED_TAG = bytes((V1,)) + b"M"
 # Kafka refuses records over 1 MB by default; stay well below with headers.
 MAX_BATCH_BYTES = 900_000
 
 
-def encode_items(items: list[Item]) -> list[bytes]:
-    """Items for one appservice as few records as fit under ``MAX_BATCH_BYTES``, in order."""
+def encode_routed(routed: dict[AppserviceID, list[Item]]) -> list[bytes]:
+    """Items of several appservices (one inbox partition) as few records as fit under ``MAX_BATCH_BYTES``.
+
+    Each appservice's items keep their order; one appservice may continue in
+    the next record.
+    """
     records: list[bytes] = []
-    parts: list[bytes] = [bytes((V1,)), b"B"]
-    size = 2
-    for item in items:
-        part = _BATCHED.pack(item.kind, item.source.partition, item.source.offset, len(item.payload)) + item.payload
-        if size + len(part) > MAX_BATCH_BYTES and len(parts) > 2:
-            records.append(b"".join(parts))
-            parts, size = [bytes((V1,)), b"B"], 2
-        parts.append(part)
-        size += len(part)
-    if len(parts) > 2:
-        records.append(b"".join(parts))
+    record: list[bytes] = [_ROUTED_TAG]
+    record_size = len(_ROUTED_TAG)
+    for appservice_id, items in routed.items():
+        name = appservice_id.encode()
+        group: list[bytes] = []
+        group_size = _GROUP.size + len(name)
+        for item in items:
+            part = _ITEM.pack(item.kind, item.source.partition, item.source.offset, len(item.payload)) + item.payload
+            full = record_size + group_size + len(part) > MAX_BATCH_BYTES
+            if full and (group or len(record) > 1):
+                record.extend(_group(name, group))
+                records.append(b"".join(record))
+                record, record_size = [_ROUTED_TAG], len(_ROUTED_TAG)
+                group, group_size = [], _GROUP.size + len(name)
+            group.append(part)
+            group_size += len(part)
+        if group:
+            record.extend(_group(name, group))
+            record_size += group_size
+    if len(record) > 1:
+        records.append(b"".join(record))
     return records
 
 
-def _decode_items(raw: bytes) -> ItemsArrived:
-    items = []
+def _group(name: bytes, items: list[bytes]) -> list[bytes]:
+    """One appservice's part of a routed record; empty when it has no items."""
+    if not items:
+        return []
+    head = _GROUP.pack(len(name), sum(len(i) for i in items))
+    return [head[:2], name, head[2:], *items]
+
+
+def decode_routed(raw: bytes) -> list[tuple[AppserviceID, ItemsArrived]]:
+    """Decode a routed-items record into each appservice's items, in record order.
+
+    Raises:
+        BadRecord: not a routed record, or truncated.
+    """
+    if raw[:2] != _ROUTED_TAG:
+        raise BadRecord("not a routed-items inbox record")
+    groups = []
     pos = 2
-    while pos < len(raw):
-        kind, partition, offset, length = _BATCHED.unpack_from(raw, pos)
-        pos += _BATCHED.size
-        if pos + length > len(raw):
-            raise BadRecord("truncated inbox items record")
-        items.append(Item(ItemKind(kind), SourcePosition(partition, offset), raw[pos : pos + length]))
-        pos += length
-    return ItemsArrived(tuple(items))
+    try:
+        while pos < len(raw):
+            name_length = int.from_bytes(raw[pos : pos + 2], "big")
+            name = raw[pos + 2 : pos + 2 + name_length].decode()
+            pos += 2 + name_length
+            (items_length,) = struct.unpack_from(">I", raw, pos)
+            pos += 4
+            end = pos + items_length
+            if end > len(raw):
+                raise BadRecord(f"truncated routed-items record (appservice {name!r})")
+            items = []
+            while pos < end:
+                kind, partition, offset, length = _ITEM.unpack_from(raw, pos)
+                pos += _ITEM.size
+                if pos + length > end:
+                    raise BadRecord(f"truncated item in routed-items record (appservice {name!r})")
+                items.append(Item(ItemKind(kind), SourcePosition(partition, offset), raw[pos : pos + length]))
+                pos += length
+            groups.append((AppserviceID(name), ItemsArrived(tuple(items))))
+    except (struct.error, ValueError) as exc:
+        raise BadRecord(f"malformed routed-items record: {exc}") from exc
+    return groups
 
 
 def encode_outcome(event: TxnSucceeded | TxnFailed | RetryDue | Resume | PingSucceeded) -> bytes:
@@ -90,8 +141,28 @@ def encode_outcome(event: TxnSucceeded | TxnFailed | RetryDue | Resume | PingSuc
     return bytes((V1,)) + b"P"
 
 
+def decode_inbox_record(
+    key: bytes | None, raw: bytes | None, *, jitter: float = 0.0
+) -> list[tuple[AppserviceID, Input]]:
+    """Decode any inbox record into the machine inputs it holds, with their appservice.
+
+    Raises:
+        BadRecord: empty, an unknown version or tag, truncated, or a
+            single-appservice record without a UTF-8 key.
+    """
+    if raw is not None and raw[:2] == _ROUTED_TAG:
+        return list(decode_routed(raw))
+    try:
+        appservice_id = AppserviceID((key or b"").decode())
+    except UnicodeDecodeError as exc:
+        raise BadRecord(f"inbox record key is not UTF-8: {exc}") from exc
+    if not appservice_id:
+        raise BadRecord("single-appservice inbox record without a key")
+    return [(appservice_id, decode_inbox(raw, jitter=jitter))]
+
+
 def decode_inbox(raw: bytes | None, *, jitter: float = 0.0) -> Input:
-    """Decode one inbox record into a machine input.
+    """Decode one single-appservice inbox record (an outcome, timer, resume or ping) into a machine input.
 
     Raises:
         BadRecord: empty, an unknown version or tag, or truncated.
@@ -102,8 +173,6 @@ def decode_inbox(raw: bytes | None, *, jitter: float = 0.0) -> Input:
         raise BadRecord(f"unknown inbox record version {raw[0]}")
     tag = raw[1:2]
     try:
-        if tag == b"B":
-            return _decode_items(raw)
         if tag == b"S":
             return TxnSucceeded(TxnID(_TXN.unpack_from(raw)[2]))
         if tag == b"F":

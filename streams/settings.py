@@ -30,8 +30,11 @@ class Settings:
     connect_timeout_s: float = 15.0
     response_timeout_s: float = 60.0
     legacy_authorization: bool = False
+    # Agents take what is queued, up to batch_max, as one batch (see
+    # agents.batching); batch_within_s is only the wait for a batch whose
+    # queue never looks empty.
     batch_max: int = 500
-    batch_within_s: float = 0.002
+    batch_within_s: float = 0.05
     commit_interval_s: float = 1.0
     # Static group membership: a worker restarted under the same instance id
     # takes its partitions back at once instead of waiting out the session.
