@@ -36,6 +36,12 @@ class Settings:
     batch_max: int = 500
     batch_within_s: float = 0.05
     commit_interval_s: float = 1.0
+    # How long the broker may hold a fetch open when no data is there. The
+    # consumer has one fetch in flight per broker, and partitions whose
+    # records it still buffers are left out of it, so their next records wait
+    # for this fetch to end: it bounds the latency of every hop (Faust
+    # hard-codes 1,500 ms; see agents.pipeline).
+    fetch_max_wait_ms: int = 10
     # Static group membership: a worker restarted under the same instance id
     # takes its partitions back at once instead of waiting out the session.
     instance_id: str | None = None
@@ -61,7 +67,7 @@ class Settings:
         return self.data_dir / self.app_id
 
 
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
+def _number(env: Mapping[str, str], name: str, default: float, *, zero_allowed: bool = False) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -69,8 +75,8 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"environment variable {name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise ConfigError(f"environment variable {name}={raw!r} must be positive")
+    if value < 0 or (value == 0 and not zero_allowed):
+        raise ConfigError(f"environment variable {name}={raw!r} must be {'0 or more' if zero_allowed else 'positive'}")
     return value
 
 
@@ -99,7 +105,8 @@ def from_environment(registrations_dir: Path, env: Mapping[str, str] | None = No
         "instance_id": env.get("APPSERVICE_STREAMS_INSTANCE_ID") or None,
         "session_timeout_s": _number(env, "APPSERVICE_STREAMS_SESSION_TIMEOUT_S", 10.0),
         "http_host": env.get("APPSERVICE_STREAMS_HTTP_HOST") or "127.0.0.1",
-        "http_port": int(env.get("APPSERVICE_STREAMS_HTTP_PORT") or 8009),
+        "http_port": int(_number(env, "APPSERVICE_STREAMS_HTTP_PORT", 8009, zero_allowed=True)),
+        "fetch_max_wait_ms": int(_number(env, "APPSERVICE_STREAMS_FETCH_MAX_WAIT_MS", 10)),
         "legacy_authorization": env.get("APPSERVICE_STREAMS_LEGACY_AUTHORIZATION", "").lower() in ("1", "true", "yes"),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})

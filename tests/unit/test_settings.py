@@ -1,0 +1,48 @@
+"""Settings from the environment: defaults, numbers, and errors that name the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streams.errors import ConfigError
+from streams.settings import from_environment
+
+BASE = {"MATRIX_SERVER_NAME": "example.org"}
+
+
+def settings(**env: str) -> object:
+    return from_environment(Path("registrations"), {**BASE, **env})
+
+
+def test_defaults_bound_the_fetch_wait_and_serve_the_http_api_on_loopback() -> None:
+    s = from_environment(Path("registrations"), BASE)
+    assert (s.fetch_max_wait_ms, s.http_host, s.http_port) == (10, "127.0.0.1", 8009)
+
+
+def test_a_http_port_of_zero_turns_the_api_off_rather_than_failing() -> None:
+    assert from_environment(Path("r"), {**BASE, "APPSERVICE_STREAMS_HTTP_PORT": "0"}).http_port == 0
+
+
+@pytest.mark.parametrize(
+    "name", ["APPSERVICE_STREAMS_HTTP_PORT", "APPSERVICE_STREAMS_FETCH_MAX_WAIT_MS", "APPSERVICE_STREAMS_PARTITIONS"]
+)
+def test_a_non_numeric_value_is_a_config_error_naming_the_variable(name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        settings(**{name: "eight"})
+
+
+def test_a_negative_port_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="APPSERVICE_STREAMS_HTTP_PORT"):
+        settings(APPSERVICE_STREAMS_HTTP_PORT="-1")
+
+
+def test_a_zero_fetch_wait_is_refused() -> None:
+    with pytest.raises(ConfigError, match="APPSERVICE_STREAMS_FETCH_MAX_WAIT_MS"):
+        settings(APPSERVICE_STREAMS_FETCH_MAX_WAIT_MS="0")
+
+
+def test_a_missing_server_name_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="MATRIX_SERVER_NAME"):
+        from_environment(Path("r"), {})
