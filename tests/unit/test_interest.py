@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.interest import MEMBER_CACHE_SIZE, Interest, RoomView
+from streams.interest import ROOM_CACHE_SIZE, Interest, RoomView
 from streams.matrix import AppserviceID, RoomID
 from streams.registration import Registration, parse_registration
 
@@ -260,7 +260,7 @@ def test_registration_not_given_to_the_constructor_is_still_answered() -> None:
     assert Interest([IRC], SERVER).user_is_interesting(other, "@late_x:example.org") is True
 
 
-# --- the rule-5 cache ----------------------------------------------------------------
+# --- the room cache (rules 3-5) -----------------------------------------------------
 
 
 def test_member_answer_follows_membership_changes() -> None:
@@ -275,11 +275,9 @@ def test_member_answer_follows_membership_changes() -> None:
 
 def test_member_cache_stays_bounded_and_correct() -> None:
     interest = Interest([IRC], SERVER)
-    rooms = [
-        RoomView(ROOM, local_members=frozenset({f"@user{i}:example.org"})) for i in range(MEMBER_CACHE_SIZE * 2 + 3)
-    ]
+    rooms = [RoomView(ROOM, local_members=frozenset({f"@user{i}:example.org"})) for i in range(ROOM_CACHE_SIZE * 2 + 3)]
 
     answers = {interest.room_is_interesting(IRC, room) for room in rooms}
 
     assert answers == {False}
-    assert len(interest._by_id[IRC.id].members) <= MEMBER_CACHE_SIZE
+    assert len(interest._rooms) <= ROOM_CACHE_SIZE
