@@ -123,8 +123,10 @@ async def test_failed_txn_is_retried_with_same_id_and_body_with_exponential_back
     assert len({(r.txn_id, r.body) for r in attempts}) == 1
     gaps_ms = [(b.at - a.at) * 1000 for a, b in itertools.pairwise(attempts)]
     for gap, expected in zip(gaps_ms, [200, 400, 800, 1600], strict=True):
-        # 2^n units plus up to 10 % jitter, plus a loopback round trip or two.
-        assert expected <= gap < expected * 1.1 + 400, gaps_ms
+        # 2^n units plus up to 10 % jitter: never less (so the waits double);
+        # the slack above is for a loaded machine (+400 ms failed beside a
+        # benchmark run) and still refuses, say, 3^n units (2,700 ms for 800).
+        assert expected <= gap < expected * 1.1 + 1200, gaps_ms
 
 
 async def test_backlog_parked_while_down_drains_in_full_txns_then_live_delivery_resumes(
