@@ -109,7 +109,7 @@ def install(pipeline: Pipeline) -> Senders:
     settings = pipeline.settings
     config = MachineConfig(unit_ms=settings.retry_unit_ms)
     store = TableStore(pipeline.appservices)
-    guard = PositionGuard(store, settings.inbox_topic, settings.bootstrap_servers)
+    guard = PositionGuard(store, settings.inbox_topic, settings.bootstrap_servers, settings.app_id)
     senders = Senders(pipeline)
     inbox_partitions: dict[AppserviceID, int] = {}
     formats = {

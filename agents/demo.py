@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -138,13 +139,17 @@ async def _run(home: Path, count: int) -> int:
             }
         )
     )
-    topic = "demo.events"
+    # A fresh app id, input topic and state folder per run (removed after
+    # it): a run never meets an earlier run's records or state.
+    app_id = f"demo-{run}"
+    topic = f"{app_id}.events"
+    shutil.rmtree(demo_dir / "state", ignore_errors=True)
     ensure_topic(kafka.bootstrap, topic, 4)
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
         "MATRIX_SERVER_NAME": SERVER_NAME,
-        "APPSERVICE_STREAMS_APP_ID": "demo",
+        "APPSERVICE_STREAMS_APP_ID": app_id,
         "APPSERVICE_STREAMS_INPUT_TOPIC": topic,
         "APPSERVICE_STREAMS_INPUT_PARTITIONS": "4",
         "APPSERVICE_STREAMS_PARTITIONS": "4",
@@ -188,6 +193,21 @@ async def _run(home: Path, count: int) -> int:
         except subprocess.TimeoutExpired:
             worker.kill()
         await runner.cleanup()
+        _delete_topics(kafka.bootstrap, app_id)
+        shutil.rmtree(demo_dir / "state", ignore_errors=True)
+
+
+def _delete_topics(bootstrap: str, app_id: str) -> None:
+    """Delete the run's topics (input, inbox, delay, rooms, changelogs): best effort, a demo leaves no trace."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(app_id)]
+        for future in admin.delete_topics(names).values():
+            future.result(10)
+    except Exception as exc:
+        print(f"demo: could not delete the run's topics ({exc}); harmless", file=sys.stderr)
 
 
 def run_demo(home: Path, events: int = 250) -> int:

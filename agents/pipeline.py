@@ -1,21 +1,22 @@
 """The worker's wiring: one Faust app, its topics and tables, built from settings.
 
 ``create_pipeline(settings, registrations)`` builds everything without doing
-I/O; Faust connects when the worker starts. Topics (all keyed, all raw bytes)::
+I/O; Faust connects when the worker starts. Topics (all raw bytes)::
 
-    matrix.events            input, key = room ID          → router
+    matrix.events            input, key = room ID          → router (own thread and group, agents.router)
+    <app>.rooms              the router's room state changelog (compacted)
     <app>.inbox              key = appservice ID           → deliverer
     <app>.delay              key = appservice ID           → delay agent
     <app>.dead-letter        records nobody could read, with the reason
-    <app>-appservices-changelog / <app>-rooms-changelog     Faust's table changelogs
+    <app>-appservices-changelog                            Faust's table changelog
 
-Tables: ``rooms`` (key room ID, co-partitioned with the input) and
-``appservices`` (state, stored txns and backlog chunks, co-partitioned with
-the inbox).
+Table: ``appservices`` (state, stored txns and backlog chunks, co-partitioned
+with the inbox).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -54,11 +55,9 @@ class Pipeline:
     app: Any  # faust.App (untyped)
     registrations: dict[AppserviceID, Registration]
     interest: Interest
-    input_topic: Any
     inbox: Any
     delay: Any
     dead_letter: Any
-    rooms: Any
     appservices: Any
     client: AppserviceClient
     acks: AckFilter
@@ -125,12 +124,10 @@ def create_pipeline(settings: Settings, registrations: tuple[Registration, ...])
         "key_serializer": "raw",
         "value_serializer": "raw",
     }
-    input_topic = app.topic(settings.input_topic, partitions=settings.input_partitions, **raw)
     inbox = app.topic(settings.inbox_topic, partitions=settings.partitions, internal=True, **raw)
     delay = app.topic(settings.delay_topic, partitions=settings.partitions, internal=True, **raw)
     dead_letter = app.topic(settings.dead_letter_topic, partitions=1, internal=True, **raw)
     table: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "options": ROCKSDB_OPTIONS}
-    rooms = app.Table("rooms", partitions=settings.input_partitions, **table)
     appservices = app.Table("appservices", partitions=settings.partitions, **table)
     _bound_fetch_wait(app, settings.fetch_max_wait_ms)
     pipeline = Pipeline(
@@ -138,11 +135,9 @@ def create_pipeline(settings: Settings, registrations: tuple[Registration, ...])
         app=app,
         registrations={r.id: r for r in registrations},
         interest=Interest([r for r in registrations if r.url is not None], settings.server_name),
-        input_topic=input_topic,
         inbox=inbox,
         delay=delay,
         dead_letter=dead_letter,
-        rooms=rooms,
         appservices=appservices,
         client=AppserviceClient(
             connect_timeout_s=settings.connect_timeout_s,
@@ -156,7 +151,7 @@ def create_pipeline(settings: Settings, registrations: tuple[Registration, ...])
     from agents.fatal import fatal
     from agents.http_api import HttpApi
 
-    router.install(pipeline)
+    routing = router.install(settings, pipeline.interest, list(pipeline.registrations))
     senders = deliverer.install(pipeline)
     delayer.install(pipeline)
     http_api = HttpApi(pipeline)
@@ -167,6 +162,11 @@ def create_pipeline(settings: Settings, registrations: tuple[Registration, ...])
             await http_api.start()
         except Exception as exc:
             fatal(exc, "HTTP API")
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def start_router() -> None:
+        # After Faust started: the inbox and dead-letter topics exist.
+        routing.start()
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def resume_owned(sender: Any, **kwargs: Any) -> None:
@@ -181,10 +181,12 @@ def create_pipeline(settings: Settings, registrations: tuple[Registration, ...])
         # Faust starts app tasks (the HTTP API among them) only after the
         # first rebalance, so "ready" waits for them here, not in the hook.
         await http_api.started.wait()
+        await asyncio.to_thread(routing.started.wait)
         log.info("worker ready: owns inbox partitions %s, %d appservices", owned, len(pipeline.registrations))
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def stop_io(sender: Any, **kwargs: Any) -> None:
+        await asyncio.to_thread(routing.stop)
         await http_api.stop()
         await senders.stop()
         await pipeline.background.stop()

@@ -13,8 +13,11 @@ Two guards close that hole:
 
 * ``AckFilter`` lets only records that an agent really processed be acked,
   so Faust never commits past a skipped record.
-* ``PositionGuard`` stores each agent's last processed offset per partition
-  in the agent's own table, after the step's other effects are durable.
+* ``PositionGuard`` stores the deliverer's last processed offset per inbox
+  partition in its table, after the step's other effects are durable. (The
+  router reads the input with confluent-kafka, which skips nothing.) With no
+  stored position (state older than the guard) the group's committed offset
+  is the baseline.
   Replays at or below it are dropped. A jump past ``last + 1`` is checked
   against the log with a side consumer; gaps that hold no records
   (transaction markers, compaction) are accepted. If records were skipped,
@@ -97,11 +100,23 @@ def records_between(bootstrap: str, topic: str, partition: int, start: int, end:
         consumer.close()
 
 
+def committed_offset(bootstrap: str, group: str, topic: str, partition: int, timeout_s: float = 15.0) -> int:
+    """The offset ``group`` committed for the partition, 0 if none (blocking; does not join the group)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        [committed] = consumer.committed([TopicPartition(topic, partition)], timeout=timeout_s)
+        offset = committed.offset
+        return offset if offset is not None and offset >= 0 else 0
+    finally:
+        consumer.close()
+
+
 class PositionGuard:
-    def __init__(self, store: TableStore, topic: str, bootstrap: str) -> None:
+    def __init__(self, store: TableStore, topic: str, bootstrap: str, group: str) -> None:
         self._store = store
         self._topic = topic
         self._bootstrap = bootstrap
+        self._group = group
 
     def _key(self, partition: int) -> bytes:
         return b"\x00position\x00" + self._topic.encode() + b"\x00" + partition.to_bytes(4, "big")
@@ -126,6 +141,14 @@ class PositionGuard:
         """
         partition = events[0].message.partition
         last = self._stored(partition)
+        loop = asyncio.get_running_loop()
+        if last is None and events[0].message.offset != 0:
+            # No position stored (state older than this guard): what the group
+            # committed was processed, so the log is expected to go on from there.
+            committed = await loop.run_in_executor(
+                None, committed_offset, self._bootstrap, self._group, self._topic, partition
+            )
+            last = committed - 1 if committed > 0 else None
         admitted: list[Any] = []
         ackable: list[Any] = []
         for event in events:
@@ -135,7 +158,6 @@ class PositionGuard:
                 continue  # a replay of what this agent already processed
             expected = 0 if last is None else last + 1
             if offset != expected:
-                loop = asyncio.get_running_loop()
                 skipped = await loop.run_in_executor(
                     None, records_between, self._bootstrap, self._topic, partition, expected, offset
                 )

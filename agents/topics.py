@@ -19,8 +19,10 @@ from streams.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def ensure_topic(bootstrap_servers: str, name: str, partitions: int, timeout_s: float = 30.0) -> int:
-    """Create ``name`` unless it exists; return its partition count.
+def ensure_topic(
+    bootstrap_servers: str, name: str, partitions: int, timeout_s: float = 30.0, config: dict[str, str] | None = None
+) -> int:
+    """Create ``name`` (with topic ``config``) unless it exists; return its partition count.
 
     Raises:
         ConfigError: the broker cannot be reached or refuses the topic.
@@ -33,7 +35,9 @@ def ensure_topic(bootstrap_servers: str, name: str, partitions: int, timeout_s: 
     existing = metadata.topics.get(name)
     if existing is not None and existing.error is None:
         return len(existing.partitions)
-    futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})]
+    )
     try:
         futures[name].result(timeout_s)
         log.info("created topic %s with %d partitions", name, partitions)

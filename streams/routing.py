@@ -1,5 +1,9 @@
 """Who gets what: every input record mapped to an item kind and its recipients.
 
+``route_batch`` is the router's whole decision for a batch of input records
+(room state kept up to date, items grouped by inbox partition and
+appservice); ``recipients`` is the decision for one record.
+
 Rooms events follow the five interest rules (``streams.interest``). For the
 rest, per the reference and the appservice spec:
 
@@ -14,13 +18,17 @@ rest, per the reference and the appservice spec:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
+from streams import envelope
 from streams.envelope import DeviceData, Ephemeral, RoomEvent, ToDevice
+from streams.errors import BadRecord
 from streams.interest import Interest, RoomView
-from streams.machine import ItemKind
-from streams.matrix import AppserviceID
+from streams.machine import Item, ItemKind, SourcePosition
+from streams.matrix import AppserviceID, RoomID
 from streams.registration import Registration
+from streams.rooms import RoomState, apply_event, with_aliases
 
 
 @dataclass(frozen=True)
@@ -57,3 +65,73 @@ def recipients(
     if isinstance(record, ToDevice):
         return Delivery(ItemKind.TO_DEVICE, record.payload, interest.appservices_for_user(record.to_user_id))
     return Delivery(ItemKind.DEVICE, record.payload, interest.appservices_for_user(record.user_id, _msc3202))
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """One record of the input topic, as the router reads it."""
+
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+@dataclass
+class RoutedBatch:
+    """What one batch of input records becomes; the shell writes it, then commits the input."""
+
+    # inbox partition → appservice → items, each appservice's in input order
+    items: dict[int, dict[AppserviceID, list[Item]]] = field(default_factory=dict)
+    # (input partition, room ID) → the room after the batch, for rooms it changed
+    rooms: dict[tuple[int, RoomID], RoomState] = field(default_factory=dict)
+    # records nobody can read, with the reason
+    rejected: list[tuple[InputRecord, str]] = field(default_factory=list)
+
+
+def route_batch(
+    records: Sequence[InputRecord],
+    load_room: Callable[[int, RoomID], RoomState],
+    interest: Interest,
+    server_name: str,
+    inbox_partition: Callable[[AppserviceID], int],
+) -> RoutedBatch:
+    """Route records in input order; rooms read through the batch's own changes first.
+
+    Never raises on bad input: a record that is not a valid envelope is
+    ``rejected`` (for the dead-letter topic) and the batch goes on.
+    """
+    batch = RoutedBatch()
+    rooms = batch.rooms
+
+    def room_of(partition: int, room_id: RoomID) -> RoomState:
+        room = rooms.get((partition, room_id))
+        return load_room(partition, room_id) if room is None else room
+
+    for record in records:
+        try:
+            decoded = envelope.decode(record.value)
+        except BadRecord as exc:
+            batch.rejected.append((record, str(exc)))
+            continue
+        view = None
+        if isinstance(decoded, envelope.RoomAliases):
+            room = room_of(record.partition, decoded.room_id)
+            updated = with_aliases(room, decoded.aliases, server_name)
+            if updated != room:
+                rooms[(record.partition, decoded.room_id)] = updated
+            continue
+        if isinstance(decoded, RoomEvent):
+            room = room_of(record.partition, decoded.room_id)
+            updated = apply_event(room, decoded.event, server_name)
+            if updated is not room:
+                rooms[(record.partition, decoded.room_id)] = updated
+            view = updated.view(decoded.room_id)
+        elif isinstance(decoded, Ephemeral) and decoded.room_id is not None:
+            view = room_of(record.partition, decoded.room_id).view(decoded.room_id)
+        delivery = recipients(decoded, view, interest)
+        if not delivery.appservices:
+            continue
+        item = Item(delivery.kind, SourcePosition(record.partition, record.offset), delivery.payload)
+        for appservice_id in delivery.appservices:
+            batch.items.setdefault(inbox_partition(appservice_id), {}).setdefault(appservice_id, []).append(item)
+    return batch

@@ -63,6 +63,16 @@ class Settings:
         return f"{self.app_id}.dead-letter"
 
     @property
+    def rooms_topic(self) -> str:
+        """The router's room state changelog: compacted, partitioned like the input."""
+        return f"{self.app_id}.rooms"
+
+    @property
+    def router_group(self) -> str:
+        """The router's consumer group on the input topic (the Faust agents' group is ``app_id``)."""
+        return f"{self.app_id}-router"
+
+    @property
     def state_dir(self) -> Path:
         return self.data_dir / self.app_id
 
