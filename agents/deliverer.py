@@ -18,10 +18,12 @@ import random
 from collections import defaultdict
 from typing import Any
 
+from faust.types import TP
+
 from agents.batching import take_available
 from agents.fatal import fatal
 from agents.pipeline import Pipeline, now_ms
-from agents.positions import PositionGuard
+from agents.positions import KafkaPartitionLog, PositionGuard
 from agents.table_store import TableStore, partition_of
 from agents.topics import key_partition
 from streams.delivery import BodyFormat, Send, run_step
@@ -109,7 +111,13 @@ def install(pipeline: Pipeline) -> Senders:
     settings = pipeline.settings
     config = MachineConfig(unit_ms=settings.retry_unit_ms)
     store = TableStore(pipeline.appservices)
-    guard = PositionGuard(store, settings.inbox_topic, settings.bootstrap_servers, settings.app_id)
+
+    async def seek(partition: int, offset: int) -> None:
+        await pipeline.app.consumer.seek(TP(settings.inbox_topic, partition), offset)
+
+    guard = PositionGuard(
+        store, KafkaPartitionLog(settings.bootstrap_servers, settings.inbox_topic, settings.app_id), seek
+    )
     senders = Senders(pipeline)
     inbox_partitions: dict[AppserviceID, int] = {}
     formats = {

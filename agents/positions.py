@@ -31,14 +31,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from agents.table_store import TableStore
+from streams.backlog import KeyValueStore
 from streams.errors import InvariantBroken
 
 log = logging.getLogger(__name__)
+
+
+# How long a partition sought back may go on delivering later (stale) records
+# before the worker gives up and restarts instead.
+REREAD_TIMEOUT_S = 30.0
 
 
 class GapDetected(InvariantBroken):
@@ -111,12 +119,53 @@ def committed_offset(bootstrap: str, group: str, topic: str, partition: int, tim
         consumer.close()
 
 
+@dataclass
+class _Rereading:
+    """A partition sought back to ``offset``: later records still queued are dropped until it comes."""
+
+    offset: int
+    generation: int
+    since: float
+
+
+class PartitionLog(Protocol):
+    """What the guard asks Kafka about the topic it guards (blocking calls, run in an executor)."""
+
+    @property
+    def topic(self) -> str: ...
+
+    def has_records(self, partition: int, start: int, end: int) -> bool: ...
+
+    def committed(self, partition: int) -> int: ...
+
+
+@dataclass(frozen=True)
+class KafkaPartitionLog:
+    bootstrap: str
+    topic: str
+    group: str
+
+    def has_records(self, partition: int, start: int, end: int) -> bool:
+        return records_between(self.bootstrap, self.topic, partition, start, end)
+
+    def committed(self, partition: int) -> int:
+        return committed_offset(self.bootstrap, self.group, self.topic, partition)
+
+
 class PositionGuard:
-    def __init__(self, store: TableStore, topic: str, bootstrap: str, group: str) -> None:
+    def __init__(
+        self,
+        store: KeyValueStore,
+        log: PartitionLog,
+        seek: Callable[[int, int], Awaitable[None]],
+        reread_timeout_s: float = REREAD_TIMEOUT_S,
+    ) -> None:
         self._store = store
-        self._topic = topic
-        self._bootstrap = bootstrap
-        self._group = group
+        self._log = log
+        self._topic = log.topic
+        self._seek = seek
+        self._reread_timeout_s = reread_timeout_s
+        self._rereading: dict[int, _Rereading] = {}
 
     def _key(self, partition: int) -> bytes:
         return b"\x00position\x00" + self._topic.encode() + b"\x00" + partition.to_bytes(4, "big")
@@ -135,19 +184,27 @@ class PositionGuard:
         durable, never before: a position durable ahead of its effects would
         make a replay skip them.
 
+        When records were skipped (Faust dropped them during a rebalance),
+        the partition is sought back to the first one and this batch's later
+        events of it are neither admitted nor acked; until the re-read reaches
+        that offset, queued later records are dropped the same way.
+
         Raises:
-            GapDetected: records between the last processed offset and the
-                next event exist but never reached this agent.
+            GapDetected: the re-read did not bring the skipped records back
+                within ``reread_timeout_s``; the worker must restart.
         """
         partition = events[0].message.partition
         last = self._stored(partition)
         loop = asyncio.get_running_loop()
+        rereading = self._rereading.get(partition)
+        if rereading is not None and events[0].message.generation_id != rereading.generation:
+            # A rebalance since the seek: Faust sought to the committed offset.
+            del self._rereading[partition]
+            rereading = None
         if last is None and events[0].message.offset != 0:
             # No position stored (state older than this guard): what the group
             # committed was processed, so the log is expected to go on from there.
-            committed = await loop.run_in_executor(
-                None, committed_offset, self._bootstrap, self._group, self._topic, partition
-            )
+            committed = await loop.run_in_executor(None, self._log.committed, partition)
             last = committed - 1 if committed > 0 else None
         admitted: list[Any] = []
         ackable: list[Any] = []
@@ -157,15 +214,34 @@ class PositionGuard:
                 ackable.append(event)
                 continue  # a replay of what this agent already processed
             expected = 0 if last is None else last + 1
-            if offset != expected:
-                skipped = await loop.run_in_executor(
-                    None, records_between, self._bootstrap, self._topic, partition, expected, offset
-                )
+            if rereading is not None:
+                if offset != rereading.offset:
+                    if time.monotonic() - rereading.since > self._reread_timeout_s:
+                        raise GapDetected(
+                            f"{self._topic}[{partition}]: offset {rereading.offset} did not come back within"
+                            f" {self._reread_timeout_s:.0f} s of seeking to it; restart resumes from the committed"
+                            " offset"
+                        )
+                    break  # still a record queued before the seek: neither processed nor acked
+                del self._rereading[partition]
+                rereading = None
+            elif offset != expected:
+                skipped = await loop.run_in_executor(None, self._log.has_records, partition, expected, offset)
                 if skipped:
-                    raise GapDetected(
-                        f"{self._topic}[{partition}]: offsets {expected}..{offset - 1} never reached this agent"
-                        " (skipped by Faust during a rebalance); restart resumes from the committed offset"
+                    log.warning(
+                        "%s[%d]: offsets %d..%d never reached the agent (Faust skips records during a rebalance);"
+                        " reading the partition again from %d",
+                        self._topic,
+                        partition,
+                        expected,
+                        offset - 1,
+                        expected,
                     )
+                    await self._seek(partition, expected)
+                    rereading = self._rereading[partition] = _Rereading(
+                        expected, event.message.generation_id, time.monotonic()
+                    )
+                    break
             admitted.append(event)
             ackable.append(event)
             last = offset
