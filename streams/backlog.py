@@ -45,6 +45,10 @@ class BacklogCursor:
 
 CHUNK_V1 = 1
 _U32 = struct.Struct(">I")
+# A chunk is one changelog record: Kafka (and aiokafka's producer) refuse
+# records over 1 MB by default. A step can append far more than that (a
+# burst routed while the appservice was busy), so pending items are split.
+MAX_CHUNK_BYTES = 512 * 1024
 
 
 def encode_chunk(payloads: list[bytes]) -> bytes:
@@ -127,13 +131,20 @@ class Backlog:
         return taken
 
     def flush(self) -> BacklogCursor:
+        """Write pending items as chunks of at most ``MAX_CHUNK_BYTES`` (one item alone may be more)."""
         for kind in KINDS:
             pending = self._pending[kind]
-            if pending:
+            start = 0
+            while start < len(pending):
+                end, size = start, 0
+                while end < len(pending) and (end == start or size + len(pending[end]) <= MAX_CHUNK_BYTES):
+                    size += len(pending[end]) + _U32.size
+                    end += 1
                 cursor = self._cursors[kind]
-                self._store.put(chunk_key(self._id, kind, cursor.tail_chunk), encode_chunk(pending))
+                self._store.put(chunk_key(self._id, kind, cursor.tail_chunk), encode_chunk(pending[start:end]))
                 self._cursors[kind] = KindCursor(cursor.head_chunk, cursor.head_pos, cursor.tail_chunk + 1)
-                self._pending[kind] = []
+                start = end
+            self._pending[kind] = []
         return BacklogCursor(tuple(self._cursors))
 
     def _load_head(self, kind: ItemKind, cursor: KindCursor) -> list[bytes]:

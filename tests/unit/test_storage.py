@@ -5,7 +5,15 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from streams.backlog import Backlog, BacklogCursor, KindCursor, chunk_key, decode_chunk, encode_chunk
+from streams.backlog import (
+    MAX_CHUNK_BYTES,
+    Backlog,
+    BacklogCursor,
+    KindCursor,
+    chunk_key,
+    decode_chunk,
+    encode_chunk,
+)
 from streams.codec import StoredAppservice, StoredTxn, decode_appservice, decode_txn, encode_appservice, encode_txn
 from streams.delivery import BodyFormat, run_step, state_key, txn_key
 from streams.errors import InvariantBroken
@@ -120,6 +128,26 @@ def test_items_appended_and_taken_in_one_step_are_never_written() -> None:
     assert backlog.take(ItemKind.EVENT, 2) == [b"1", b"2"]
     backlog.flush()
     assert store.writes == 0
+
+
+def test_a_large_append_is_split_into_chunks_under_the_record_cap_and_read_back_in_order() -> None:
+    store = DictStore()
+    backlog = Backlog("as", BacklogCursor(), store)
+    items = [bytes([n % 256]) * 60_000 for n in range(40)]  # 2.4 MB in one step
+    backlog.append(ItemKind.EVENT, items)
+    cursor = backlog.flush()
+    assert len(store.data) > 1 and all(len(chunk) <= MAX_CHUNK_BYTES + 64 for chunk in store.data.values())
+    assert Backlog("as", cursor, store).take(ItemKind.EVENT, 40) == items
+
+
+def test_an_item_larger_than_the_cap_gets_a_chunk_of_its_own() -> None:
+    store = DictStore()
+    backlog = Backlog("as", BacklogCursor(), store)
+    items = [b"small", b"x" * (MAX_CHUNK_BYTES + 1), b"after"]
+    backlog.append(ItemKind.EVENT, items)
+    cursor = backlog.flush()
+    assert store.writes == 3
+    assert Backlog("as", cursor, store).take(ItemKind.EVENT, 3) == items
 
 
 def test_taking_more_than_held_raises() -> None:
