@@ -12,10 +12,10 @@ Two Faust behaviours shape this module:
 * ``table[key] = value`` queues a changelog record and forgets its future,
   and Faust's flush-before-commit gives up after 0.1 s of no progress
   (``ProducerBuffer.flush_atmost``), so offsets can be committed before the
-  state they depend on is in Kafka. ``TableStore`` writes the changelog
-  itself and keeps the futures; ``durable()`` waits until Kafka acknowledged
-  every one. The agents await it before a batch is acked and before any HTTP
-  send starts.
+  state they depend on is in Kafka. ``TableStore`` writes the local store at
+  once and produces the changelog itself in ``durable()``, which waits until
+  Kafka acknowledged every record. The agents await it before a batch is
+  acked and before any HTTP send starts.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def partition_of(event: Any) -> Iterator[None]:
 class TableStore:
     def __init__(self, table: Any) -> None:
         self._table = table
-        self._pending: list[asyncio.Future[Any]] = []
+        self._unsent: list[tuple[int, bytes, bytes | None]] = []
 
     def _partition(self) -> int:
         event = current_event()
@@ -58,20 +58,42 @@ class TableStore:
             return None
 
     def put(self, key: bytes, value: bytes) -> None:
-        self._pending.append(self._table.send_changelog(self._partition(), key, value))
+        self._unsent.append((self._partition(), key, value))
         self._table.data[key] = value
 
     def delete(self, key: bytes) -> None:
-        self._pending.append(self._table.send_changelog(self._partition(), key, None, value_serializer="raw"))
+        self._unsent.append((self._partition(), key, None))
         del self._table.data[key]
 
     async def durable(self) -> None:
-        """Wait until Kafka acknowledged every changelog record written so far.
+        """Produce the changelog records written so far, in order, and wait until Kafka acknowledged each.
+
+        Records go straight to the producer, not through Faust's
+        ``send_soon`` buffer: that buffer is drained one record at a time by
+        a background task, and when it holds over 100 records Faust's
+        conductor stops feeding every stream until it ebbs (measured: 37
+        such pauses of 50-120 ms in 8 s at 2,000 events/s, and 570 ms from a
+        send outcome to the next PUT). Faust's own callback still records
+        each partition's changelog offset in RocksDB for warm restarts.
 
         Raises:
             Exception: whatever the producer raised for a record it could not
                 deliver; the caller must not ack its inputs then.
         """
-        pending, self._pending = self._pending, []
-        if pending:
-            await asyncio.gather(*pending)
+        unsent, self._unsent = self._unsent, []
+        if not unsent:
+            return
+        topic = self._table.changelog_topic
+        on_sent = self._table._on_changelog_sent
+        pending = [
+            await topic.send(
+                key=key,
+                value=value,
+                partition=partition,
+                key_serializer="raw",
+                value_serializer="raw",
+                callback=on_sent,
+            )
+            for partition, key, value in unsent
+        ]
+        await asyncio.gather(*pending)
