@@ -47,6 +47,12 @@ integration: kafka-start peers
 test: lint kafka-start peers
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# The benchmark at tiny sizes (CI, under a minute): every scenario must yield
+# figures; targets are not judged. A full run: `$(BIN)/python -m bench`.
+.PHONY: bench-quick
+bench-quick: kafka-start
+	$(BIN)/python -m bench --quick
+
 clean:
 	-$(BIN)/appservice-streams kafka stop
 	rm -rf .data .kafka/data

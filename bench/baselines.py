@@ -9,7 +9,8 @@
 
 Run as ``python -m bench.baselines confluent|faust …``; both print
 ``baseline ready`` once partitions are assigned. (b) writes its result (event
-count and the time of every 10 % of them) to ``--result`` as JSON.
+count and the time of every 10 % of them) to ``--result`` as JSON, and keeps
+its (in-memory store's) data folder in ``--data-dir``.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def _faust(args: argparse.Namespace) -> None:
         autodiscover=False,
         web_enabled=False,
         store="memory://",
+        datadir=args.data_dir,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
     )
@@ -112,7 +114,11 @@ def _faust(args: argparse.Namespace) -> None:
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def ready(sender: Any, **kwargs: Any) -> None:
-        print(READY, flush=True)
+        # A rebalance can end with none of the input's partitions (the topic's
+        # metadata not known yet): not ready then, or the bench would wait for
+        # events this process never fetches.
+        owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == args.topic)
+        print(READY if owned else "rebalanced without partitions of the input topic", flush=True)
 
     faust.Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False).execute_from_commandline()
 
@@ -137,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hs-token", default="bench-hs-token")
     parser.add_argument("--expect", type=int, default=0, help="events to expect (faust)")
     parser.add_argument("--result", help="JSON result file (faust)")
+    parser.add_argument("--data-dir", default="{appid}-data", help="Faust's data folder (faust; default %(default)s)")
     args = parser.parse_args(argv)
     try:
         if args.kind == "confluent":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from collections.abc import Callable, Sequence
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -85,6 +86,15 @@ class Lag:
     def lag(self, group: str, topic: str) -> int:
         return max(0, self.high(topic) - self.committed(group, topic))
 
+    def least_lag(self, groups: Sequence[str], topic: str) -> int:
+        """The lag of whichever of ``groups`` consumes ``topic`` (the others committed nothing on it)."""
+        return min(self.lag(group, topic) for group in groups)
+
+    def least_lag_by_partition(self, groups: Sequence[str], topic: str) -> dict[int, int]:
+        """``lag_by_partition`` of whichever of ``groups`` consumes each partition."""
+        by_group = [self.lag_by_partition(group, topic) for group in groups]
+        return {p: min(lags.get(p, 0) for lags in by_group) for p in by_group[0]}
+
     def close(self) -> None:
         self._watermarks.close()
         for consumer in self._groups.values():
@@ -92,12 +102,22 @@ class Lag:
 
 
 def wait_for_no_lag(
-    lag: Lag, group: str, topics: list[str], timeout_s: float, on_poll: object = None, settle_s: float = 0.0
+    lag: Lag,
+    group: str | Sequence[str],
+    topics: list[str],
+    timeout_s: float,
+    on_poll: object = None,
+    settle_s: float = 0.0,
+    give_up: Callable[[], bool] | None = None,
 ) -> bool:
-    """Wait until every topic's lag for ``group`` is 0; ``False`` on timeout."""
+    """Wait until every topic's lag for ``group`` is 0; ``False`` on timeout or once ``give_up()`` is true.
+
+    With several groups, a topic's lag is that of the group that consumes it (``Lag.least_lag``).
+    """
+    groups = [group] if isinstance(group, str) else list(group)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        lags = [lag.lag(group, topic) for topic in topics]
+    while time.monotonic() < deadline and not (give_up is not None and give_up()):
+        lags = [lag.least_lag(groups, topic) for topic in topics]
         if callable(on_poll):
             on_poll(sum(lags))
         if not any(lags):

@@ -2,7 +2,10 @@
 
 Exit status: 0 when every selected scenario produced figures, 1 when one
 failed or produced none, 2 for bad arguments, 130 on Ctrl-C. Targets are
-reported (pass/miss) and never change the exit status.
+reported (pass/miss) and never change the exit status; with ``--quick`` they
+are not judged at all (status ``n/a (quick)``): tiny sizes cannot meet them
+or miss them meaningfully. ``--quick`` also lets the scenarios set up (sinks,
+topics, workers) at the same time; they still measure one after the other.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ import argparse
 import dataclasses
 import signal
 import sys
+import threading
 import time
 import traceback
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -23,6 +27,7 @@ from bench import broker, procs, report
 from bench.progress import say
 from bench.results import ScenarioResult
 from bench.scenarios import QUICK, SCENARIOS, Context, Sizes
+from bench.scenarios.common import Turns
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,26 +98,46 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _run_one(name: str, ctx: Context, sizes: Sizes, waited: Callable[[], float] = lambda: 0.0) -> ScenarioResult:
+    start = time.monotonic()
+    try:
+        result = SCENARIOS[name](ctx, sizes)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        result = ScenarioResult(name, error=f"{type(exc).__name__}: {exc}")
+        say(traceback.format_exc())
+    result.duration_s = time.monotonic() - start - waited()  # its own time, not the wait for its turn
+    if ctx.quick:
+        result.without_verdicts("quick")
+    ctx.results[name] = result
+    say(f"   {name}: {result.duration_s:.1f} s, {len(result.figures)} figures" + (" (ERROR)" if result.error else ""))
+    return result
+
+
 def run_scenarios(names: Sequence[str], ctx: Context, sizes: Sizes) -> list[ScenarioResult]:
-    results: list[ScenarioResult] = []
-    for name in names:
-        say(f"== {name}")
-        start = time.monotonic()
+    """One after the other; in quick mode each in a thread, their set-ups overlapping (see ``Turns``)."""
+    if not ctx.quick:
+        results = []
+        for name in names:
+            say(f"== {name}")
+            results.append(_run_one(name, ctx, sizes))
+        return results
+    turns = Turns(ctx, len(names), on_turn=lambda i: say(f"== {names[i]}"))
+
+    def body(index: int) -> None:
         try:
-            result = SCENARIOS[name](ctx, sizes)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:
-            result = ScenarioResult(name, error=f"{type(exc).__name__}: {exc}")
-            say(traceback.format_exc())
-        result.duration_s = time.monotonic() - start
-        ctx.results[name] = result
-        results.append(result)
-        say(
-            f"   {name}: {result.duration_s:.1f} s, {len(result.figures)} figures"
-            + (" (ERROR)" if result.error else "")
-        )
-    return results
+            _run_one(names[index], turns.context(index), sizes, lambda: turns.waited[index])
+        finally:
+            turns.done(index)
+
+    say(f"setting up {', '.join(names)} at once")
+    threads = [threading.Thread(target=body, args=(i,), name=names[i], daemon=True) for i in range(len(names))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [ctx.results[name] for name in names if name in ctx.results]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -169,7 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for result in results:
         for label, profile in result.config.get("profile", {}).items():
             print(report.format_profile(label, profile))
-    print(f"\n{doc['summary']['pass']} pass, {doc['summary']['miss']} miss, total {total_s:.0f} s")
+    verdicts = f"{doc['summary']['pass']} pass, {doc['summary']['miss']} miss"
+    if not doc["targets_judged"]:
+        verdicts = "targets not judged (quick sizes)" if args.quick else verdicts + ", some targets not judged"
+    print(f"\n{verdicts}, total {total_s:.0f} s")
     print(f"results: {json_path}" + (f"\nplot:    {png_path}" if plotted else ""))
     if interrupted:
         return 130

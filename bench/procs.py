@@ -24,9 +24,21 @@ _children: list[subprocess.Popen[bytes]] = []
 _retiring: list[threading.Thread] = []
 
 
+def _load_prctl() -> Callable[..., int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Looked up once here, not in the forked child: ``spawn`` runs from several
+# threads in quick mode, and loading a library between fork and exec can hang.
+_prctl = _load_prctl()
+
+
 def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def spawn(

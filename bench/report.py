@@ -101,6 +101,8 @@ def document(
             "miss": sum(1 for f in figures if f.status == "miss"),
             "errors": [r.name for r in results if r.error is not None],
         },
+        # False when some target was not judged (quick sizes): pass and miss count only judged ones.
+        "targets_judged": not any(f.unjudged for f in figures if f.target is not None),
         "scenarios": [r.as_json() for r in results],
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ class Figure:
     unit: str
     target: Target | None = None
     note: str = ""
+    unjudged: str = ""  # why the target is not judged (e.g. "quick": sizes too small); "" = judged
 
     @property
     def ratio(self) -> float | None:
@@ -35,11 +37,16 @@ class Figure:
 
     @property
     def status(self) -> str:
-        """``pass`` or ``miss`` against the target, ``info`` without one, ``n/a`` without a value."""
+        """``pass`` or ``miss`` against the target, ``info`` without one, ``n/a`` without a value.
+
+        ``n/a (<why>)`` when the figure has a target that is not judged (see ``unjudged``).
+        """
         if self.value is None:
             return "n/a"
         if self.target is None:
             return "info"
+        if self.unjudged:
+            return f"n/a ({self.unjudged})"
         if self.target.direction == "<=":
             return "pass" if self.value <= self.target.bound else "miss"
         return "pass" if self.value >= self.target.bound else "miss"
@@ -73,6 +80,10 @@ class ScenarioResult:
         figure = Figure(self.name, name, value, unit, target, note)
         self.figures.append(figure)
         return figure
+
+    def without_verdicts(self, why: str) -> None:
+        """Keep every figure and its target, but judge none (``why``, e.g. "quick", shows in the status)."""
+        self.figures = [dataclasses.replace(f, unjudged=why) if f.target is not None else f for f in self.figures]
 
     def value(self, name: str) -> float | None:
         for figure in self.figures:

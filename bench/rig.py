@@ -4,6 +4,8 @@ Names are unique per run and scenario (``bench-<run>-<scenario>``: the app id,
 so the consumer group and Faust's topics, and ``…-events``, the input topic),
 so runs never read each other's records. ``close`` stops every process it
 started and deletes the temp folder; ``bench.cli`` deletes the run's topics.
+With ``quick`` (``--quick``) it skips waits that only matter for figures:
+the settling pause after workers start, a producer's first connection.
 """
 
 from __future__ import annotations
@@ -48,9 +50,16 @@ def write_registration(directory: Path, name: str, url: str) -> Path:
 
 class Rig:
     def __init__(
-        self, prefix: str, scenario: str, bootstrap: str, keep: bool = False, source: Path = procs.ROOT
+        self,
+        prefix: str,
+        scenario: str,
+        bootstrap: str,
+        keep: bool = False,
+        source: Path = procs.ROOT,
+        quick: bool = False,
     ) -> None:
         self.source = source
+        self.quick = quick
         self.scenario = scenario
         self.app_id = f"{prefix}-{scenario}"
         self.input_topic = f"{self.app_id}-events"
@@ -102,11 +111,36 @@ class Rig:
             for earlier, ready_lines in zip(started, seen, strict=True):
                 earlier.wait_ready(timeout_s, count=ready_lines + 1)  # the rebalance reached it too
             started.append(worker)
-        time.sleep(0.5)
+        if started and started[0].has_router_group():
+            self._wait_routers(started, timeout_s)
+        if not self.quick:
+            time.sleep(0.5)
         return started
 
+    def _wait_routers(self, workers: Sequence[BenchWorker], timeout_s: float) -> None:
+        """Wait until the routers' own group settled too: each input partition owned by exactly one worker.
+
+        It rebalances apart from the Faust group that "worker ready" follows,
+        and seconds later; measuring before would time the router's join.
+        """
+        wanted = set(range(workers[0].partitions))
+
+        def settled() -> bool:
+            owned = [w.router_partitions() for w in workers]
+            flat = [p for parts in owned if parts is not None for p in parts]
+            return None not in owned and len(flat) == len(set(flat)) and set(flat) == wanted
+
+        if not self.wait_until(settled, timeout_s, 0.05):
+            owned = [w.router_partitions() for w in workers]
+            raise RuntimeError(
+                f"routers own input partitions {owned} after {timeout_s} s, not each of {sorted(wanted)}"
+            )
+
     def generator(self, linger_ms: float = 1.0, first_seq: int = 0) -> LoadGenerator:
-        return LoadGenerator(self.bootstrap, self.input_topic, linger_ms=linger_ms, first_seq=first_seq)
+        """A producer to the input topic; in quick mode already connected (a cold one spends ~0.5 s first)."""
+        return LoadGenerator(
+            self.bootstrap, self.input_topic, linger_ms=linger_ms, first_seq=first_seq, eager=self.quick
+        )
 
     @property
     def lag(self) -> Lag:
@@ -117,14 +151,39 @@ class Rig:
     def inbox_topic(self, worker: BenchWorker) -> str:
         return f"{worker.app_id}.inbox"
 
+    def groups(self, worker: BenchWorker) -> list[str]:
+        """The worker's consumer groups: the Faust agents' (``app_id``) and, in newer trees, the router's.
+
+        Since the router runs on its own thread it reads the input topic in
+        ``<app_id>-router`` (``Settings.router_group``); before, the agents'
+        group did. Lags are taken from whichever group committed on a topic,
+        so ``--source`` may be either kind of tree.
+        """
+        return [worker.app_id, f"{worker.app_id}-router"]
+
     # ------------------------------------------------------------ waiting
+
+    def exited(self) -> str:
+        """Which of the rig's workers died while running, and their last CRITICAL/ERROR line; "" when none."""
+        out = []
+        for index, worker in enumerate(self.workers):
+            if worker.process is None or worker.process.poll() is None:
+                continue
+            lines = [ln for ln in worker.log_since_start().splitlines() if "CRITICAL" in ln or "ERROR" in ln]
+            last = f": {lines[-1].strip()[:300]}" if lines else ""
+            out.append(f"worker{index} exited with {worker.process.returncode}{last}")
+        return "; ".join(out)
+
+    def all_exited(self) -> bool:
+        """The rig has workers and none of them runs: nothing more will be delivered or parked."""
+        return bool(self.workers) and all(w.process is None or w.process.poll() is not None for w in self.workers)
 
     def wait_delivered(
         self, count: int, timeout_s: float, label: str, names: Sequence[str] | None = None, stall_s: float = 30.0
     ) -> int:
         """Wait until the sinks hold ``count`` events (of ``names``, default all); return how many they hold.
 
-        Gives up after ``timeout_s``, or after ``stall_s`` without progress.
+        Gives up after ``timeout_s``, after ``stall_s`` without progress, or once every worker exited.
         """
         progress = Progress(f"{self.scenario}: {label}", count, "ev")
         start = time.monotonic()
@@ -137,11 +196,15 @@ class Rig:
             now = time.monotonic()
             if delivered != last:
                 last, last_change = delivered, now
-            if delivered >= count or now - start > timeout_s or now - last_change > stall_s:
+            if delivered >= count or now - start > timeout_s or now - last_change > stall_s or self.all_exited():
                 break
             time.sleep(0.1)
-        progress.close("" if delivered >= count else f"gave up with {count - delivered} missing")
+        progress.close("" if delivered >= count else f"gave up with {count - delivered} missing{self._why()}")
         return delivered
+
+    def _why(self) -> str:
+        exited = self.exited()
+        return f" ({exited})" if exited else ""
 
     def wait_parked(self, worker: BenchWorker, timeout_s: float, label: str, total: int) -> float | None:
         """Wait until the worker's group has no lag on the input and inbox topics; seconds waited, None on timeout."""
@@ -154,8 +217,8 @@ class Rig:
 
         from bench.broker import wait_for_no_lag
 
-        ok = wait_for_no_lag(self.lag, worker.app_id, topics, timeout_s, on_poll=poll)
-        progress.close("" if ok else "timed out")
+        ok = wait_for_no_lag(self.lag, self.groups(worker), topics, timeout_s, on_poll=poll, give_up=self.all_exited)
+        progress.close("" if ok else f"timed out{self._why()}")
         return time.monotonic() - start if ok else None
 
     def wait_until(self, predicate: Callable[[], bool], timeout_s: float, step_s: float = 0.02) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -11,6 +12,9 @@ from pathlib import Path
 from bench import procs
 
 READY = "worker ready"
+# Trees whose router runs on its own thread (own consumer group on the input) log this on each of its rebalances.
+ROUTER_OWNS = "router owns input partitions"
+_ROUTER_OWNS = re.compile(re.escape(ROUTER_OWNS) + r" \[([0-9, ]*)\]")
 
 
 @dataclass
@@ -81,6 +85,18 @@ class BenchWorker:
                 raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_since_start()[-2000:]}")
             time.sleep(0.05)
         raise RuntimeError(f"worker not ready after {timeout_s} s:\n{self.log_since_start()[-2000:]}")
+
+    def has_router_group(self) -> bool:
+        """Whether the tree's router reads the input in a consumer group of its own (and logs ``ROUTER_OWNS``)."""
+        router = self.source / "agents" / "router.py"
+        return router.exists() and ROUTER_OWNS in router.read_text(errors="replace")
+
+    def router_partitions(self) -> list[int] | None:
+        """The input partitions the router owned after its last rebalance in this run; None before the first."""
+        found = _ROUTER_OWNS.findall(self.log_since_start())
+        if not found:
+            return None
+        return [int(p) for p in found[-1].split(",") if p.strip()]
 
     def kill(self) -> None:
         if self.process is not None:

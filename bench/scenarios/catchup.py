@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 
 from bench.results import ScenarioResult, Target
-from bench.rig import Rig
 from bench.scenarios.common import Context, CpuMeter, Sizes, downsample, duplicates_and_missing
 from bench.stats import NS_PER_S
 
@@ -30,19 +29,20 @@ def run(ctx: Context, sizes: Sizes) -> ScenarioResult:
         config={"events": count, "retry_unit_ms": sizes.catchup_retry_unit_ms, "appservice": APPSERVICE},
     )
     scale = count / 100_000
-    with Rig(ctx.prefix, "catchup", ctx.bootstrap, ctx.keep, ctx.source) as rig:
+    with ctx.rig("catchup") as rig:
         rig.start_sinks([APPSERVICE], {APPSERVICE: "down"})
         (worker,) = rig.start_workers(1, retry_unit_ms=sizes.catchup_retry_unit_ms)
         generator = rig.generator(linger_ms=5)
+        ctx.turn()
         generator.bulk([APPSERVICE], count)
-        park_s = rig.wait_parked(worker, 60.0 + count / 500, "parking", count)
+        park_s = rig.wait_parked(worker, ctx.patience(60.0 + count / 500), "parking", count)
         result.add("time to park (produce → no lag)", park_s, "s")
         result.add("parking rate", None if not park_s else count / park_s, "events/s")
         result.add("worker RSS with events parked", worker.rss_mb(), "MB")
         meter = CpuMeter([worker.pid, rig.sinks.pid()])
         up_ns = time.time_ns()
         rig.sinks.set_mode(APPSERVICE, "ok")
-        delivered = rig.wait_delivered(count, 60.0 + count / 1000, "draining")
+        delivered = rig.wait_delivered(count, ctx.patience(60.0 + count / 1000), "draining")
         cores = meter.stop()
         events = rig.sinks.events()
         requests = rig.sinks.requests()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from bench import procs
 from bench.profile import Profiler, categorize, top_frames
 from bench.results import ScenarioResult
+from bench.rig import Rig
 from bench.stats import NS_PER_MS, NS_PER_S, Bin, bins
 
 
@@ -35,21 +38,29 @@ class Sizes:
     repeat: int = 1
 
 
+# Only checks that every scenario yields figures: sizes too small to judge a target by.
 QUICK = Sizes(
     appservices=10,
-    throughput_events=2000,
+    throughput_events=1000,
     workers=(1, 2),
     rate=500.0,
     low_rate=0.0,
-    duration_s=2.0,
-    warmup_s=0.5,
-    catchup_events=1000,
-    recovery_events=1000,
+    duration_s=1.0,
+    warmup_s=0.2,
+    catchup_events=500,
+    recovery_events=500,
     recovery_live_rate=100.0,
     memory_events=1000,
     memory_steps=1,
     memory_appservices=4,
 )
+
+# In quick mode nothing should take long: give up on a wait after at most this long.
+QUICK_PATIENCE_S = 20.0
+
+
+def _no_wait() -> None:
+    return None
 
 
 @dataclass
@@ -61,6 +72,90 @@ class Context:
     source: Path = procs.ROOT
     profile: Path | None = None  # folder for py-spy samples of the worker (throughput, latency)
     results: dict[str, ScenarioResult] = field(default_factory=dict)
+    # Set by ``Turns`` (quick mode): returns once this task may measure (see ``turn``).
+    wait_turn: Callable[[], None] = _no_wait
+
+    def turn(self) -> None:
+        """Call when set-up is done and measuring starts: returns once it is this task's turn.
+
+        A no-op when tasks run one after the other (a full run); in quick mode
+        set-ups overlap and measurements still take turns, in order.
+        """
+        self.wait_turn()
+
+    def patience(self, full_s: float) -> float:
+        """A wait's timeout: ``full_s``, capped in quick mode where everything is small."""
+        return min(full_s, QUICK_PATIENCE_S) if self.quick else full_s
+
+    def rig(self, label: str) -> Rig:
+        return Rig(self.prefix, label, self.bootstrap, self.keep, self.source, quick=self.quick)
+
+
+T = TypeVar("T")
+
+
+class Turns:
+    """Bookkeeping for tasks that set up at once and measure one after the other, in order.
+
+    Task ``i``'s turn comes once task ``i - 1`` is done (task 0: once the parent
+    context's turn came); ``waited[i]`` is how long it waited for it.
+    """
+
+    def __init__(self, parent: Context, count: int, on_turn: Callable[[int], None] | None = None) -> None:
+        self._parent = parent
+        self._done = [threading.Event() for _ in range(count)]
+        self._had_turn = [False] * count
+        self._on_turn = on_turn
+        self.waited = [0.0] * count
+
+    def context(self, index: int) -> Context:
+        return dataclasses.replace(self._parent, wait_turn=lambda: self._wait(index))
+
+    def _wait(self, index: int) -> None:
+        start = time.monotonic()
+        if index == 0:
+            self._parent.turn()
+        else:
+            self._done[index - 1].wait()
+        self.waited[index] += time.monotonic() - start
+        if not self._had_turn[index]:
+            self._had_turn[index] = True
+            if self._on_turn is not None:
+                self._on_turn(index)
+
+    def done(self, index: int) -> None:
+        self._done[index].set()
+
+
+def in_turns(ctx: Context, tasks: Sequence[Callable[[Context], T]]) -> list[T]:
+    """Run ``tasks`` in order; in quick mode each in its own thread, so their set-ups overlap.
+
+    Each task calls ``ctx.turn()`` (on the context it is given) before it
+    measures. The first exception, in task order, is raised once all ended.
+    """
+    if not ctx.quick:
+        return [task(ctx) for task in tasks]
+    turns = Turns(ctx, len(tasks))
+    out: list[T | None] = [None] * len(tasks)
+    errors: list[BaseException | None] = [None] * len(tasks)
+
+    def body(index: int) -> None:
+        try:
+            out[index] = tasks[index](turns.context(index))
+        except BaseException as exc:
+            errors[index] = exc
+        finally:
+            turns.done(index)
+
+    threads = [threading.Thread(target=body, args=(i,), daemon=True, name=f"task{i}") for i in range(len(tasks))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for error in errors:
+        if error is not None:
+            raise error
+    return cast(list[T], out)
 
 
 def names(prefix: str, count: int) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from bench import procs
 from bench.results import ScenarioResult, Target
-from bench.rig import Rig
 from bench.scenarios.common import Context, Sizes, names
 from bench.stats import linear_fit
 
@@ -28,18 +27,19 @@ def run(ctx: Context, sizes: Sizes) -> ScenarioResult:
     )
     down = names("mem", sizes.memory_appservices)
     parked: list[float] = [0.0]
-    with Rig(ctx.prefix, "memory", ctx.bootstrap, ctx.keep, ctx.source) as rig:
+    with ctx.rig("memory") as rig:
         rig.start_sinks(down, dict.fromkeys(down, "down"))
         (worker,) = rig.start_workers(1, retry_unit_ms=100)
+        generator = rig.generator(linger_ms=5)
+        ctx.turn()
         rss = [worker.rss_mb() or 0.0]
         peak = [worker.peak_rss_mb() or 0.0]
         disk = [0.0]
-        generator = rig.generator(linger_ms=5)
         step = max(1, sizes.memory_events // sizes.memory_steps)
         for n in range(1, sizes.memory_steps + 1):
             generator.bulk(down, step)
             total = n * step
-            if rig.wait_parked(worker, 60.0 + step / 500, f"parking step {n}", step) is None:
+            if rig.wait_parked(worker, ctx.patience(60.0 + step / 500), f"parking step {n}", step) is None:
                 break
             parked.append(float(total))
             rss.append(worker.rss_mb() or 0.0)

@@ -5,12 +5,15 @@ topic and group. It is started and waited for until its partitions are
 assigned, then ``throughput_events`` events (~1 KB, round-robin over the
 appservices) are produced as fast as possible, and the sustained rate is taken
 between the arrival of the 10 % and the 90 % event at the sinks (baseline b:
-in its agent), leaving out start-up and stragglers.
+in its agent), leaving out start-up and stragglers. In quick mode the
+consumers start at once and are then measured one after the other.
 """
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench import procs
@@ -18,7 +21,7 @@ from bench.baselines import READY, faust_result
 from bench.progress import Progress
 from bench.results import ScenarioResult, Target
 from bench.rig import Rig
-from bench.scenarios.common import Context, CpuMeter, Sizes, finish_profile, names, start_profile
+from bench.scenarios.common import Context, CpuMeter, Sizes, finish_profile, in_turns, names, start_profile
 from bench.stats import median, overall_rate, steady_rate
 
 TARGET_EVENTS_S = 10_000.0
@@ -36,8 +39,13 @@ class Run:
     peak_rss_mb: float | None = None
 
 
-def _timeout_s(count: int) -> float:
-    return 60.0 + count / 1000
+def _timeout_s(ctx: Context, count: int) -> float:
+    return ctx.patience(60.0 + count / 1000)
+
+
+def _stall_s(ctx: Context) -> float:
+    """Give up after this long without a new event."""
+    return 10.0 if ctx.quick else 30.0
 
 
 def _sink_rates(rig: Rig, count: int, produce_start_ns: int) -> tuple[float | None, float | None, float | None]:
@@ -50,15 +58,19 @@ def _sink_rates(rig: Rig, count: int, produce_start_ns: int) -> tuple[float | No
 
 
 def worker_run(ctx: Context, sizes: Sizes, workers: int, label: str, result: ScenarioResult) -> Run:
-    with Rig(ctx.prefix, label, ctx.bootstrap, ctx.keep, ctx.source) as rig:
+    with ctx.rig(label) as rig:
         appservices = rig.start_sinks(names("as", sizes.appservices))
         started = rig.start_workers(workers)
+        generator = rig.generator(linger_ms=5)
+        ctx.turn()
         profiler = start_profile(ctx, started[0].pid, label) if label.endswith("w1-r0") else None
         meter = CpuMeter([w.pid for w in started] + [rig.sinks.pid()])
-        generator = rig.generator(linger_ms=5)
         generator.bulk(appservices, sizes.throughput_events)
         delivered = rig.wait_delivered(
-            sizes.throughput_events, _timeout_s(sizes.throughput_events), f"{workers} worker(s)"
+            sizes.throughput_events,
+            _timeout_s(ctx, sizes.throughput_events),
+            f"{workers} worker(s)",
+            stall_s=_stall_s(ctx),
         )
         cores = meter.stop()
         finish_profile(result, profiler, "throughput, 1 worker")
@@ -67,24 +79,28 @@ def worker_run(ctx: Context, sizes: Sizes, workers: int, label: str, result: Sce
         return Run(rate, overall, delivered, per_txn, sum(cores[:-1]) / workers, cores[-1], max(peaks))
 
 
-def _wait_ready_line(rig: Rig, log: str, process: object, timeout_s: float = 60.0) -> None:
+def _wait_ready_line(ctx: Context, rig: Rig, log: str, timeout_s: float = 60.0) -> None:
     path = rig.root / log
+    timeout_s = ctx.patience(timeout_s)
     if not rig.wait_until(lambda: path.exists() and READY in path.read_text(errors="replace"), timeout_s, 0.05):
         raise RuntimeError(f"baseline not ready after {timeout_s} s: {path.read_text(errors='replace')[-2000:]}")
 
 
 def confluent_run(ctx: Context, sizes: Sizes, label: str) -> Run:
-    with Rig(ctx.prefix, label, ctx.bootstrap, ctx.keep, ctx.source) as rig:
+    with ctx.rig(label) as rig:
         appservices = rig.start_sinks(names("as", sizes.appservices))
         args = ["-m", "bench.baselines", "confluent", "--bootstrap", ctx.bootstrap, "--topic", rig.input_topic]
         args += ["--group", rig.app_id, "--sink-base", f"http://127.0.0.1:{rig.sinks.port}"]
         process = procs.spawn(args, log_path=rig.root / "baseline.log")
         rig.others.append(process)
-        _wait_ready_line(rig, "baseline.log", process)
-        meter = CpuMeter([process.pid, rig.sinks.pid()])
+        _wait_ready_line(ctx, rig, "baseline.log")
         generator = rig.generator(linger_ms=5)
+        ctx.turn()
+        meter = CpuMeter([process.pid, rig.sinks.pid()])
         generator.bulk(appservices, sizes.throughput_events)
-        delivered = rig.wait_delivered(sizes.throughput_events, _timeout_s(sizes.throughput_events), "baseline (a)")
+        delivered = rig.wait_delivered(
+            sizes.throughput_events, _timeout_s(ctx, sizes.throughput_events), "baseline (a)", stall_s=_stall_s(ctx)
+        )
         cores = meter.stop()
         rate, overall, per_txn = _sink_rates(rig, sizes.throughput_events, generator.stats.started_ns)
         return Run(rate, overall, delivered, per_txn, cores[0], cores[1], procs.peak_rss_mb(process.pid))
@@ -92,7 +108,7 @@ def confluent_run(ctx: Context, sizes: Sizes, label: str) -> Run:
 
 def faust_run(ctx: Context, sizes: Sizes, label: str) -> Run:
     count = sizes.throughput_events
-    with Rig(ctx.prefix, label, ctx.bootstrap, ctx.keep, ctx.source) as rig:
+    with ctx.rig(label) as rig:
         appservices = names("as", sizes.appservices)
         from agents.topics import ensure_topic
 
@@ -100,20 +116,29 @@ def faust_run(ctx: Context, sizes: Sizes, label: str) -> Run:
         result_path = rig.root / "faust.json"
         args = ["-m", "bench.baselines", "faust", "--bootstrap", ctx.bootstrap, "--topic", rig.input_topic]
         args += ["--app-id", rig.app_id, "--expect", str(count), "--result", str(result_path)]
+        args += ["--data-dir", str(rig.root / "faust-data")]  # not the current directory: close removes it
         process = procs.spawn(args, log_path=rig.root / "baseline.log")
         rig.others.append(process)
-        _wait_ready_line(rig, "baseline.log", process)
-        meter = CpuMeter([process.pid])
+        _wait_ready_line(ctx, rig, "baseline.log")
         generator = rig.generator(linger_ms=5)
+        ctx.turn()
+        meter = CpuMeter([process.pid])
         generator.bulk(appservices, count)
         progress = Progress(f"{label}: baseline (b)", count, "ev")
-        deadline = time.monotonic() + _timeout_s(count)
+        start = last_change = time.monotonic()
         doc = faust_result(result_path)
-        while doc["count"] < count and time.monotonic() < deadline and process.poll() is None:
+        last = doc["count"]
+        while doc["count"] < count and process.poll() is None:
             progress.update(doc["count"])
+            now = time.monotonic()
+            if doc["count"] != last:
+                last, last_change = doc["count"], now
+            if now - start > _timeout_s(ctx, count) or now - last_change > _stall_s(ctx):
+                break
             time.sleep(0.2)
             doc = faust_result(result_path)
-        progress.close()
+        progress.update(doc["count"])
+        progress.close("" if doc["count"] >= count else f"gave up with {count - doc['count']} missing")
         cores = meter.stop()
         marks = doc["marks"]
         step = max(1, count // 10)
@@ -143,11 +168,16 @@ def run(ctx: Context, sizes: Sizes) -> ScenarioResult:
     faust: list[Run] = []
     confluent: list[Run] = []
     by_workers: dict[int, list[Run]] = {w: [] for w in sizes.workers}
+    tasks: list[tuple[list[Run], Callable[[Context], Run]]] = []
     for r in range(sizes.repeat):
-        faust.append(faust_run(ctx, sizes, f"tp-faust-r{r}"))
-        confluent.append(confluent_run(ctx, sizes, f"tp-confluent-r{r}"))
+        tasks.append((faust, functools.partial(faust_run, sizes=sizes, label=f"tp-faust-r{r}")))
+        tasks.append((confluent, functools.partial(confluent_run, sizes=sizes, label=f"tp-confluent-r{r}")))
         for workers in sizes.workers:
-            by_workers[workers].append(worker_run(ctx, sizes, workers, f"tp-w{workers}-r{r}", result))
+            label = f"tp-w{workers}-r{r}"
+            task = functools.partial(worker_run, sizes=sizes, workers=workers, label=label, result=result)
+            tasks.append((by_workers[workers], task))
+    for (runs, _), run_ in zip(tasks, in_turns(ctx, [task for _, task in tasks]), strict=True):
+        runs.append(run_)
     note = f"median of {sizes.repeat}" if sizes.repeat > 1 else ""
     base_b = _median(faust, "rate")
     base_a = _median(confluent, "rate")
