@@ -16,6 +16,7 @@ import asyncio
 import logging
 import random
 from collections import defaultdict
+from collections.abc import Awaitable
 from typing import Any
 
 from faust.types import TP
@@ -37,6 +38,11 @@ log = logging.getLogger(__name__)
 
 # How long to wait before producing an outcome again when Kafka refuses it.
 REPORT_RETRY_S = 1.0
+# Batches whose changelog records may still be awaiting acknowledgement while
+# the next one is stepped. 1 overlaps one batch's acks with the next's work;
+# 4 measured worse (p50 at 2,000/s: ~200 ms with 1, ~500 ms with 4): the loop
+# then takes smaller batches, and each costs its own changelog records.
+MAX_BATCHES_IN_FLIGHT = 1
 
 
 class Senders:
@@ -186,20 +192,47 @@ def install(pipeline: Pipeline) -> Senders:
                         ackable.extend(done)
                         step_partition(admitted, sends, delays)
                         guard.advance(events[-1].message.partition, last)  # after the step's writes
-                # Commit order: the step's state is in Kafka before any txn id
-                # it formed goes on the wire and before the batch is acked.
-                await store.durable()
-                for send in sends:
-                    senders.start(send)
-                timers = [
-                    await pipeline.delay.send(key=appservice_id.encode(), value=encode_delay(record))
-                    for appservice_id, record in delays
-                ]
-                await asyncio.gather(*timers)
-                pipeline.acks.processed(ackable)
+                acknowledged = await store.produce()
             except Exception as exc:
                 fatal(exc, "deliverer")
+            # The next batch is stepped while this one's records are acknowledged.
+            in_flight[:] = [task for task in in_flight if not task.done()]
+            if len(in_flight) >= MAX_BATCHES_IN_FLIGHT:
+                await asyncio.wait([in_flight.pop(0)])
+            previous = in_flight[-1] if in_flight else None
+            in_flight.append(
+                pipeline.background.spawn(
+                    complete(previous, acknowledged, sends, delays, ackable), "complete a deliverer batch"
+                )
+            )
 
+    async def complete(
+        previous: asyncio.Task[None] | None,
+        acknowledged: Awaitable[None],
+        sends: list[Send],
+        delays: list[tuple[AppserviceID, DelayRecord]],
+        ackable: list[Any],
+    ) -> None:
+        """Commit order: a batch's state is in Kafka before any txn id it formed goes
+        on the wire and before it is acked; batches complete in the order they were taken."""
+        try:
+            if previous is not None:
+                await previous
+            await acknowledged
+            for send in sends:
+                senders.start(send)
+            timers = [
+                await pipeline.delay.send(key=appservice_id.encode(), value=encode_delay(record))
+                for appservice_id, record in delays
+            ]
+            await asyncio.gather(*timers)
+            pipeline.acks.processed(ackable)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            fatal(exc, "deliverer")
+
+    in_flight: list[asyncio.Task[None]] = []
     return senders
 
 

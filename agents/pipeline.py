@@ -112,6 +112,10 @@ def create_pipeline(settings: Settings, registrations: tuple[Registration, ...])
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_linger_ms=0,
+        # aiokafka sends one batch per partition per request, and one request
+        # at a time: at its 16 KB default a deliverer batch's stored txns
+        # (~25 KB each) went out one round trip per record.
+        producer_max_batch_size=1024 * 1024,
         stream_buffer_maxsize=max(4096, settings.batch_max * 2),
         table_standby_replicas=0,
         consumer_group_instance_id=settings.instance_id,

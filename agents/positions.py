@@ -54,26 +54,26 @@ class GapDetected(InvariantBroken):
 
 
 class AckFilter:
-    """Installed on the Faust consumer: acks only what ``processed`` marked."""
+    """Installed on the Faust consumer: only ``processed`` acks, Faust's own path never does.
+
+    Faust acks an event when a stream lets go of it (for a skipped record
+    too). The agents instead call ``processed`` once an event's effects are
+    durable, which may be after the stream let go of it (the deliverer
+    acknowledges a batch while it processes the next).
+    """
 
     def __init__(self, app: Any) -> None:
-        self._marked: set[tuple[Any, int]] = set()
         consumer = app.consumer
-        original = consumer.ack
+        self._ack = consumer.ack
 
         def ack(message: Any) -> bool:
-            key = (message.tp, message.offset)
-            if key not in self._marked:
-                return False  # skipped by Faust: must stay uncommitted
-            self._marked.discard(key)
-            return bool(original(message))
+            return False  # Faust's path: a skipped or not yet durable record must stay uncommitted
 
         consumer.ack = ack
 
     def processed(self, events: list[Any]) -> None:
         for event in events:
-            message = event.message
-            self._marked.add((message.tp, message.offset))
+            self._ack(event.message)
 
 
 def records_between(bootstrap: str, topic: str, partition: int, start: int, end: int, timeout_s: float = 15.0) -> bool:
