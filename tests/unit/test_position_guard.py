@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agents.positions import GapDetected, PositionGuard
+from agents.positions import AckFilter, GapDetected, PositionGuard
 
 
 @dataclass
@@ -114,3 +114,21 @@ def test_with_no_stored_position_a_start_past_the_committed_offset_is_a_gap() ->
     h = Harness(FakeLog(committed_at=188))
     assert h.admit(events(190)) == ([], [])
     assert h.sought == [(0, 188)]
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    def ack(self, message: Any) -> bool:
+        self.acked.append(message.offset)
+        return True
+
+
+def test_the_ack_filter_acks_only_what_was_processed_whatever_faust_acks() -> None:
+    consumer = FakeConsumer()
+    acks = AckFilter(SimpleNamespace(consumer=consumer))
+    batch = events(0, 1, 2)
+    assert consumer.ack(batch[1].message) is False  # Faust letting go of a skipped record
+    acks.processed([batch[0], batch[2]])
+    assert consumer.acked == [0, 2]
