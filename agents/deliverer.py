@@ -24,7 +24,7 @@ from faust.types import TP
 from agents.batching import take_available
 from agents.fatal import fatal
 from agents.pipeline import Pipeline, now_ms
-from agents.positions import KafkaPartitionLog, PositionGuard
+from agents.positions import RESEEK_S, KafkaPartitionLog, PositionGuard
 from agents.table_store import TableStore, partition_of
 from agents.topics import key_partition
 from streams.delivery import BodyFormat, Send, run_step
@@ -231,6 +231,13 @@ def install(pipeline: Pipeline) -> Senders:
             raise
         except Exception as exc:
             fatal(exc, "deliverer")
+
+    @pipeline.app.timer(interval=RESEEK_S / 2)  # type: ignore[untyped-decorator]
+    async def seek_again() -> None:
+        try:
+            await guard.seek_again()
+        except Exception as exc:
+            fatal(exc, "deliverer re-read")
 
     in_flight: list[asyncio.Task[None]] = []
     return senders

@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 # How long a partition sought back may go on delivering later (stale) records
 # before the worker gives up and restarts instead.
 REREAD_TIMEOUT_S = 30.0
+# How long after a seek its records may take to come before it is made again.
+RESEEK_S = 1.0
 
 
 class GapDetected(InvariantBroken):
@@ -126,6 +128,7 @@ class _Rereading:
     offset: int
     generation: int
     since: float
+    sought: float  # when the last seek was made
 
 
 class PartitionLog(Protocol):
@@ -238,14 +241,28 @@ class PositionGuard:
                         expected,
                     )
                     await self._seek(partition, expected)
-                    rereading = self._rereading[partition] = _Rereading(
-                        expected, event.message.generation_id, time.monotonic()
-                    )
+                    now = time.monotonic()
+                    rereading = self._rereading[partition] = _Rereading(expected, event.message.generation_id, now, now)
                     break
             admitted.append(event)
             ackable.append(event)
             last = offset
         return admitted, last, ackable
+
+    async def seek_again(self, after_s: float = RESEEK_S) -> None:
+        """Seek again every partition whose re-read has not arrived ``after_s`` after its last seek.
+
+        Faust's fetch loop may still be handing over records it fetched
+        before the seek; each one sets Faust's read offset past the sought
+        one again, and the re-fetched records are then dropped as already
+        read. Run periodically: once that loop has moved on, a new seek sticks.
+        """
+        now = time.monotonic()
+        for partition, rereading in list(self._rereading.items()):
+            if now - rereading.sought >= after_s:
+                rereading.sought = now
+                log.info("%s[%d]: seeking to %d again", self._topic, partition, rereading.offset)
+                await self._seek(partition, rereading.offset)
 
     def advance(self, partition: int, last: int | None) -> None:
         """Store the position returned by ``admit``; inside ``partition_of``."""

@@ -62,6 +62,8 @@ class Router:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._failures: list[str] = []
+        # input partition → offset committed asynchronously, not yet confirmed
+        self._uncommitted: dict[int, int] = {}
         self.started = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -93,6 +95,11 @@ class Router:
             "fetch.wait.max.ms": s.fetch_max_wait_ms,
             "session.timeout.ms": int(s.session_timeout_s * 1000),
             "heartbeat.interval.ms": int(min(3.0, s.session_timeout_s / 5) * 1000),
+            # librdkafka pre-fetches up to 64 MB by default. Measured (bench
+            # throughput, 1 worker): 8 MB gave 12.3k events/s at 200 MB peak
+            # RSS, 32 MB 19.4k at 247 MB, 64 MB 18.2k at 291 MB.
+            "queued.max.messages.kbytes": 32 * 1024,
+            "on_commit": self._on_commit,
         }
         if s.instance_id:
             config["group.instance.id"] = f"{s.instance_id}-router"
@@ -132,6 +139,7 @@ class Router:
             while not self._stopping.is_set():
                 first = consumer.poll(POLL_S)
                 if first is None:
+                    self._retry_commit(consumer)
                     continue
                 messages = [first, *consumer.consume(s.batch_max - 1, timeout=0)]
                 self._process(messages, consumer, producer)
@@ -195,9 +203,33 @@ class Router:
                 f"refused: {failures[:3]}"
             )
         self.rooms.commit(batch.rooms, changelog_offsets)
+        for partition, offset in last.items():
+            self._uncommitted[partition] = offset + 1
         consumer.commit(
             offsets=[TopicPartition(s.input_topic, p, offset + 1) for p, offset in last.items()], asynchronous=True
         )
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        # Runs inside poll/consume, on the router thread.
+        if error is not None:
+            log.info("router commit failed (%s); committing again when idle", error)
+            return
+        for tp in partitions:
+            if tp.error is None and self._uncommitted.get(tp.partition) == tp.offset:
+                del self._uncommitted[tp.partition]
+
+    def _retry_commit(self, consumer: Consumer) -> None:
+        """When idle, commit again what a failed commit left behind (during a rebalance, say).
+
+        Nothing is lost without it (the records are replayed and dropped as
+        duplicates), but the group's lag would show records as pending.
+        """
+        assigned = {tp.partition for tp in consumer.assignment()}
+        retry = {p: o for p, o in self._uncommitted.items() if p in assigned}
+        self._uncommitted = retry
+        if retry:
+            topic = self._settings.input_topic
+            consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in retry.items()], asynchronous=True)
 
 
 def install(settings: Settings, interest: Interest, appservices: list[AppserviceID]) -> Router:

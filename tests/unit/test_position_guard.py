@@ -132,3 +132,22 @@ def test_the_ack_filter_acks_only_what_was_processed_whatever_faust_acks() -> No
     assert consumer.ack(batch[1].message) is False  # Faust letting go of a skipped record
     acks.processed([batch[0], batch[2]])
     assert consumer.acked == [0, 2]
+
+
+def test_a_reread_that_has_not_arrived_is_sought_again() -> None:
+    h = Harness()
+    h.admit(events(0))
+    h.admit(events(3))
+    asyncio.run(h.guard.seek_again(after_s=0.0))
+    assert h.sought == [(0, 1), (0, 1)]
+    assert h.admit(events(1, 2, 3)) == ([1, 2, 3], [1, 2, 3])
+    asyncio.run(h.guard.seek_again(after_s=0.0))
+    assert h.sought == [(0, 1), (0, 1)], "nothing left to re-read"
+
+
+def test_a_recent_seek_is_not_repeated() -> None:
+    h = Harness()
+    h.admit(events(0))
+    h.admit(events(3))
+    asyncio.run(h.guard.seek_again(after_s=60.0))
+    assert h.sought == [(0, 1)]
