@@ -57,9 +57,9 @@ def _worker(args: argparse.Namespace) -> int:
             data_dir=Path(args.data_dir) if args.data_dir else None,
         )
         registrations = load_registrations(settings.registrations_dir)
-        from agents.topics import ensure_topic
+        from agents.topics import ensure_worker_topics
 
-        ensure_topic(settings.bootstrap_servers, settings.input_topic, settings.input_partitions)
+        ensure_worker_topics(settings)
     except ConfigError as exc:
         print(f"appservice-streams worker: {exc}", file=sys.stderr)
         return 2

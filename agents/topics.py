@@ -9,12 +9,14 @@ decides it.
 from __future__ import annotations
 
 import logging
+import time
 
 from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streams.errors import ConfigError
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,3 +58,42 @@ def key_partition(key: bytes, partitions: int) -> int:
     state would be split across partitions.
     """
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def ensure_worker_topics(settings: Settings) -> None:
+    """Create every topic a worker subscribes to before Faust starts.
+
+    Faust creates its own topics at start-up, but if the broker is slow to
+    show them (seen right after a broker start), the consumer group's first
+    assignment is made without them, and static membership then keeps that
+    empty assignment across restarts: the worker logged "owns inbox
+    partitions []" for 8 minutes and three restarts, delivering nothing.
+
+    Raises:
+        ConfigError: the broker cannot be reached or refuses a topic.
+    """
+    s = settings
+    ensure_topic(s.bootstrap_servers, s.input_topic, s.input_partitions)
+    ensure_topic(s.bootstrap_servers, s.inbox_topic, s.partitions)
+    ensure_topic(s.bootstrap_servers, s.delay_topic, s.partitions)
+    ensure_topic(s.bootstrap_servers, s.dead_letter_topic, 1)
+    ensure_topic(s.bootstrap_servers, s.appservices_changelog_topic, s.partitions, config={"cleanup.policy": "compact"})
+    _wait_visible(s.bootstrap_servers, [s.input_topic, s.inbox_topic, s.delay_topic, s.appservices_changelog_topic])
+
+
+def _wait_visible(bootstrap_servers: str, names: list[str], timeout_s: float = 30.0) -> None:
+    """Raises: ConfigError when a topic has no partitions in the broker's metadata after ``timeout_s``."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    deadline = time.monotonic() + timeout_s
+    missing = names
+    while True:
+        try:
+            topics = admin.list_topics(timeout=5).topics
+        except KafkaException:
+            topics = {}
+        missing = [n for n in names if n not in topics or topics[n].error is not None or not topics[n].partitions]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if missing:
+        raise ConfigError(f"topics {missing} not visible on {bootstrap_servers} after {timeout_s:.0f} s")

@@ -63,6 +63,11 @@ class Settings:
         return f"{self.app_id}.dead-letter"
 
     @property
+    def appservices_changelog_topic(self) -> str:
+        """Faust's changelog of the ``appservices`` table (Faust names it; the worker creates it first)."""
+        return f"{self.app_id}-appservices-changelog"
+
+    @property
     def rooms_topic(self) -> str:
         """The router's room state changelog: compacted, partitioned like the input."""
         return f"{self.app_id}.rooms"

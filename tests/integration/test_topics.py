@@ -1,0 +1,38 @@
+"""A worker's topics exist, with their partition counts and compaction, before Faust subscribes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+from agents.topics import ensure_worker_topics
+from streams.local_kafka import LocalKafka
+from streams.settings import from_environment
+
+
+def test_every_topic_a_worker_reads_is_created_before_it_starts(kafka: LocalKafka, run_id: str) -> None:
+    settings = from_environment(
+        Path("registrations"),
+        {"MATRIX_SERVER_NAME": "example.org", "APPSERVICE_STREAMS_APP_ID": f"topics-{run_id}"},
+        input_topic=f"topics-{run_id}.events",
+        partitions=3,
+        input_partitions=5,
+    )
+    ensure_worker_topics(settings)
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    topics = admin.list_topics(timeout=10).topics
+    partitions = {
+        name: len(topics[name].partitions)
+        for name in (
+            settings.input_topic,
+            settings.inbox_topic,
+            settings.delay_topic,
+            settings.dead_letter_topic,
+            settings.appservices_changelog_topic,
+        )
+    }
+    assert list(partitions.values()) == [5, 3, 3, 1, 3]
+    resource = ConfigResource(ResourceType.TOPIC, settings.appservices_changelog_topic)
+    config = admin.describe_configs([resource])[resource].result(10)
+    assert config["cleanup.policy"].value == "compact"
