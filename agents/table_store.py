@@ -13,9 +13,9 @@ Two Faust behaviours shape this module:
   and Faust's flush-before-commit gives up after 0.1 s of no progress
   (``ProducerBuffer.flush_atmost``), so offsets can be committed before the
   state they depend on is in Kafka. ``TableStore`` writes the local store at
-  once and produces the changelog itself in ``durable()``, which waits until
-  Kafka acknowledged every record. The agents await it before a batch is
-  acked and before any HTTP send starts.
+  once and produces the changelog itself in ``produce()``, whose returned
+  awaitable waits until Kafka acknowledged every record. The deliverer awaits
+  it before a batch is acked and before any HTTP send starts.
 """
 
 from __future__ import annotations
@@ -100,12 +100,3 @@ class TableStore:
                 table.data.set_persisted_offset(TP(topic, partition), offset)
 
         return acknowledged()
-
-    async def durable(self) -> None:
-        """``produce`` and wait for the acknowledgement.
-
-        Raises:
-            Exception: whatever the producer raised for a record it could not
-                deliver; the caller must not ack its inputs then.
-        """
-        await (await self.produce())
