@@ -29,6 +29,7 @@ from agents.background import BackgroundTasks
 from agents.positions import AckFilter
 from streams.interest import Interest
 from streams.matrix import AppserviceID
+from streams.records import dead_letter_headers
 from streams.registration import Registration
 from streams.settings import Settings
 
@@ -66,11 +67,9 @@ class Pipeline:
     async def to_dead_letter(self, event: Any, reason: str) -> None:
         """Divert a record nobody can read, with where it came from and why."""
         message = event.message
-        source = f"{message.topic}[{message.partition}]@{message.offset}"
-        log.warning("dead-lettered a record from %s: %s", source, reason)
-        await self.dead_letter.send(
-            key=event.key, value=event.value, headers={"reason": reason.encode(), "source": source.encode()}
-        )
+        log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
+        headers = dead_letter_headers(message.topic, message.partition, message.offset, reason)
+        await self.dead_letter.send(key=event.key, value=event.value, headers=headers)
 
 
 def _broker_urls(bootstrap: str) -> list[str]:

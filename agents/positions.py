@@ -265,6 +265,9 @@ class PositionGuard:
                 await self._seek(partition, rereading.offset)
 
     def advance(self, partition: int, last: int | None) -> None:
-        """Store the position returned by ``admit``; inside ``partition_of``."""
-        if last is not None:
+        """Store the position returned by ``admit`` if it moved (a write is a changelog record).
+
+        Inside ``partition_of``.
+        """
+        if last is not None and last != self._stored(partition):
             self._store.put(self._key(partition), last.to_bytes(8, "big"))

@@ -35,11 +35,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from agents.fatal import fatal
 from agents.rooms_store import RoomsStore
-from agents.topics import ensure_topic, key_partition
-from streams.errors import ConfigError
+from agents.topics import key_partition
 from streams.interest import Interest
 from streams.matrix import AppserviceID
-from streams.records import encode_routed
+from streams.records import dead_letter_headers, encode_routed
 from streams.rooms import encode_room
 from streams.routing import InputRecord, route_batch
 from streams.settings import Settings
@@ -61,7 +60,6 @@ class Router:
         self.rooms = RoomsStore(settings.state_dir / "rooms", settings.bootstrap_servers, settings.rooms_topic)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._failures: list[str] = []
         # input partition → offset committed asynchronously, not yet confirmed
         self._uncommitted: dict[int, int] = {}
         self.started = threading.Event()
@@ -107,13 +105,6 @@ class Router:
 
     def _loop(self) -> None:
         s = self._settings
-        inputs = ensure_topic(s.bootstrap_servers, s.input_topic, s.input_partitions)
-        changelog = ensure_topic(s.bootstrap_servers, s.rooms_topic, inputs, config={"cleanup.policy": "compact"})
-        if changelog < inputs:
-            raise ConfigError(
-                f"{s.rooms_topic} has {changelog} partitions and {s.input_topic} {inputs}: the room state of an"
-                " input partition lives in the changelog partition of the same number"
-            )
         producer = Producer(
             {
                 "bootstrap.servers": s.bootstrap_servers,
@@ -133,6 +124,7 @@ class Router:
             # Between batches (callbacks run inside poll): all committed.
             self.rooms.revoke(tp.partition for tp in partitions)
 
+        # The worker created the input and <app>.rooms topics before starting (agents.topics).
         consumer.subscribe([s.input_topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
         self.started.set()
         try:
@@ -169,10 +161,11 @@ class Router:
         batch = route_batch(records, self.rooms.load, self._interest, s.server_name, self._partitions.__getitem__)
 
         changelog_offsets: dict[int, int] = {}
+        failures: list[str] = []
 
         def delivered(error: KafkaError | None, message: Message) -> None:
             if error is not None:
-                self._failures.append(f"{message.topic()}[{message.partition()}]: {error}")
+                failures.append(f"{message.topic()}[{message.partition()}]: {error}")
             elif message.topic() == s.rooms_topic:
                 partition, offset = message.partition(), message.offset()
                 if partition is not None and offset is not None:
@@ -186,18 +179,12 @@ class Router:
                 s.rooms_topic, key=room_id.encode(), value=encode_room(room), partition=partition, on_delivery=delivered
             )
         for record, reason in batch.rejected:
-            source = f"{s.input_topic}[{record.partition}]@{record.offset}"
-            log.warning("dead-lettered a record from %s: %s", source, reason)
-            producer.produce(
-                s.dead_letter_topic,
-                value=record.value,
-                headers=[("reason", reason.encode()), ("source", source.encode())],
-                on_delivery=delivered,
-            )
+            log.warning("dead-lettered %s[%d]@%d: %s", s.input_topic, record.partition, record.offset, reason)
+            headers = dead_letter_headers(s.input_topic, record.partition, record.offset, reason)
+            producer.produce(s.dead_letter_topic, value=record.value, headers=headers, on_delivery=delivered)
         # Nothing is committed, and no room stored, before Kafka has all of it.
         remaining = producer.flush(FLUSH_TIMEOUT_S)
-        if remaining or self._failures:
-            failures, self._failures = self._failures, []
+        if remaining or failures:
             raise KafkaException(
                 f"router batch not acknowledged: {remaining} records pending after {FLUSH_TIMEOUT_S} s, "
                 f"refused: {failures[:3]}"
@@ -224,6 +211,8 @@ class Router:
         Nothing is lost without it (the records are replayed and dropped as
         duplicates), but the group's lag would show records as pending.
         """
+        if not self._uncommitted:
+            return
         assigned = {tp.partition for tp in consumer.assignment()}
         retry = {p: o for p, o in self._uncommitted.items() if p in assigned}
         self._uncommitted = retry

@@ -21,32 +21,59 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def ensure_topic(
-    bootstrap_servers: str, name: str, partitions: int, timeout_s: float = 30.0, config: dict[str, str] | None = None
-) -> int:
-    """Create ``name`` (with topic ``config``) unless it exists; return its partition count.
+def ensure_topics(
+    bootstrap_servers: str, wanted: list[tuple[str, int, dict[str, str]]], timeout_s: float = 30.0
+) -> dict[str, int]:
+    """Create each ``(name, partitions, config)`` unless it exists, wait until the broker lists them all,
+    and return every topic's partition count (an existing topic keeps its own).
 
     Raises:
-        ConfigError: the broker cannot be reached or refuses the topic.
+        ConfigError: the broker cannot be reached, refuses a topic, or does
+            not list one within ``timeout_s``.
     """
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     try:
-        metadata = admin.list_topics(timeout=timeout_s)
+        existing = admin.list_topics(timeout=timeout_s).topics
     except KafkaException as exc:
         raise ConfigError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
-    existing = metadata.topics.get(name)
-    if existing is not None and existing.error is None:
-        return len(existing.partitions)
-    futures = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})]
-    )
-    try:
-        futures[name].result(timeout_s)
-        log.info("created topic %s with %d partitions", name, partitions)
-    except KafkaException as exc:
-        if "TOPIC_ALREADY_EXISTS" not in str(exc):
-            raise ConfigError(f"cannot create topic {name} on {bootstrap_servers}: {exc}") from exc
-    return partitions
+    missing = [
+        NewTopic(name, num_partitions=partitions, replication_factor=1, config=config)
+        for name, partitions, config in wanted
+        if name not in existing or existing[name].error is not None
+    ]
+    for name, future in (admin.create_topics(missing) if missing else {}).items():
+        try:
+            future.result(timeout_s)
+            log.info("created topic %s", name)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise ConfigError(f"cannot create topic {name} on {bootstrap_servers}: {exc}") from exc
+    names = [name for name, _, _ in wanted]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        # Created is not yet listed: a consumer assigned in between would not get them.
+        try:
+            topics = admin.list_topics(timeout=5).topics
+        except KafkaException:
+            topics = {}
+        listed = {n: len(topics[n].partitions) for n in names if n in topics and topics[n].error is None}
+        if all(listed.get(n) for n in names):
+            return listed
+        if time.monotonic() > deadline:
+            unlisted = [n for n in names if not listed.get(n)]
+            raise ConfigError(f"topics {unlisted} not listed by {bootstrap_servers} after {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def ensure_topic(
+    bootstrap_servers: str, name: str, partitions: int, timeout_s: float = 30.0, config: dict[str, str] | None = None
+) -> int:
+    """``ensure_topics`` for one topic; its partition count.
+
+    Raises:
+        ConfigError: as ``ensure_topics``.
+    """
+    return ensure_topics(bootstrap_servers, [(name, partitions, config or {})], timeout_s)[name]
 
 
 def key_partition(key: bytes, partitions: int) -> int:
@@ -61,7 +88,7 @@ def key_partition(key: bytes, partitions: int) -> int:
 
 
 def ensure_worker_topics(settings: Settings) -> None:
-    """Create every topic a worker subscribes to before Faust starts.
+    """Create every topic a worker reads (and the router's room changelog) before Faust starts.
 
     Faust creates its own topics at start-up, but if the broker is slow to
     show them (seen right after a broker start), the consumer group's first
@@ -70,30 +97,24 @@ def ensure_worker_topics(settings: Settings) -> None:
     partitions []" for 8 minutes and three restarts, delivering nothing.
 
     Raises:
-        ConfigError: the broker cannot be reached or refuses a topic.
+        ConfigError: the broker cannot be reached or refuses a topic, or the
+            room changelog has fewer partitions than the input.
     """
     s = settings
-    ensure_topic(s.bootstrap_servers, s.input_topic, s.input_partitions)
-    ensure_topic(s.bootstrap_servers, s.inbox_topic, s.partitions)
-    ensure_topic(s.bootstrap_servers, s.delay_topic, s.partitions)
-    ensure_topic(s.bootstrap_servers, s.dead_letter_topic, 1)
-    ensure_topic(s.bootstrap_servers, s.appservices_changelog_topic, s.partitions, config={"cleanup.policy": "compact"})
-    _wait_visible(s.bootstrap_servers, [s.input_topic, s.inbox_topic, s.delay_topic, s.appservices_changelog_topic])
-
-
-def _wait_visible(bootstrap_servers: str, names: list[str], timeout_s: float = 30.0) -> None:
-    """Raises: ConfigError when a topic has no partitions in the broker's metadata after ``timeout_s``."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-    deadline = time.monotonic() + timeout_s
-    missing = names
-    while True:
-        try:
-            topics = admin.list_topics(timeout=5).topics
-        except KafkaException:
-            topics = {}
-        missing = [n for n in names if n not in topics or topics[n].error is not None or not topics[n].partitions]
-        if not missing or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    if missing:
-        raise ConfigError(f"topics {missing} not visible on {bootstrap_servers} after {timeout_s:.0f} s")
+    compact = {"cleanup.policy": "compact"}
+    inputs = ensure_topic(s.bootstrap_servers, s.input_topic, s.input_partitions)
+    counts = ensure_topics(
+        s.bootstrap_servers,
+        [
+            (s.inbox_topic, s.partitions, {}),
+            (s.delay_topic, s.partitions, {}),
+            (s.dead_letter_topic, 1, {}),
+            (s.appservices_changelog_topic, s.partitions, compact),
+            (s.rooms_topic, inputs, compact),
+        ],
+    )
+    if counts[s.rooms_topic] < inputs:
+        raise ConfigError(
+            f"{s.rooms_topic} has {counts[s.rooms_topic]} partitions and {s.input_topic} {inputs}: the room state"
+            " of an input partition lives in the changelog partition of the same number"
+        )

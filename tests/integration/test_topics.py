@@ -36,3 +36,15 @@ def test_every_topic_a_worker_reads_is_created_before_it_starts(kafka: LocalKafk
     resource = ConfigResource(ResourceType.TOPIC, settings.appservices_changelog_topic)
     config = admin.describe_configs([resource])[resource].result(10)
     assert config["cleanup.policy"].value == "compact"
+
+
+def test_the_room_changelog_gets_as_many_partitions_as_an_existing_input(kafka: LocalKafka, run_id: str) -> None:
+    settings = from_environment(
+        Path("registrations"),
+        {"MATRIX_SERVER_NAME": "example.org", "APPSERVICE_STREAMS_APP_ID": f"rooms-{run_id}"},
+        input_topic=f"rooms-{run_id}.events",
+        input_partitions=6,
+    )
+    ensure_worker_topics(settings)
+    topics = AdminClient({"bootstrap.servers": kafka.bootstrap}).list_topics(timeout=10).topics
+    assert len(topics[settings.rooms_topic].partitions) == len(topics[settings.input_topic].partitions) == 6
