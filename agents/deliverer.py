@@ -5,9 +5,17 @@ appservice (order kept), run ``streams.delivery.run_step`` with the partition's
 event current (so table writes land in the right RocksDB shard and changelog
 partition), then start the HTTP sends and produce the retry timers it asked
 for. Sends run as background tasks, one in flight per appservice, so a hung
-appservice never holds up the batch or any other appservice; their outcomes
-come back through the inbox as records, keyed by appservice ID, and change
-state only there.
+appservice never holds up the batch or any other appservice.
+
+A send's outcome is settled in this process, without a trip through Kafka,
+when the worker has owned the appservice's partition without a break since
+the step that asked for the send (no rebalance began since): outcomes that
+complete together are stepped together, their state written and
+acknowledged, then the next sends start. That trip (outcome record → inbox →
+fetch → batch) was 78 ms of a ~100 ms cycle per appservice at 2,000 events/s.
+Otherwise (a rebalance began: the partition may be someone else's now) the
+outcome goes through the inbox as a record keyed by appservice ID, and its
+owner settles it.
 """
 
 from __future__ import annotations
@@ -16,16 +24,17 @@ import asyncio
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faust.types import TP
 
 from agents.batching import take_available
 from agents.fatal import fatal
+from agents.ownership import Ownership
 from agents.pipeline import Pipeline, now_ms
 from agents.positions import RESEEK_S, KafkaPartitionLog, PositionGuard
-from agents.table_store import TableStore, partition_of
+from agents.table_store import TableStore, in_partition, partition_of
 from agents.topics import key_partition
 from streams.delivery import BodyFormat, Send, run_step
 from streams.errors import BadRecord, InvariantBroken
@@ -33,6 +42,7 @@ from streams.machine import CameUp, Input, MachineConfig, Resume, TxnFailed, Wen
 from streams.matrix import AppserviceID
 from streams.outcome import as_input
 from streams.records import DelayRecord, decode_inbox_record, encode_delay, encode_outcome
+from streams.settlement import Settlement
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +55,29 @@ REPORT_RETRY_S = 1.0
 MAX_BATCHES_IN_FLIGHT = 1
 
 
+# Settles one outcome of a send: (the send, what the appservice's answer means
+# for the machine, the ownership epoch the send was asked for in).
+Settle = Callable[[Send, Input, "int | None"], None]
+
+
 class Senders:
     """At most one HTTP attempt per (appservice, txn id) in this process."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, settle: Settle) -> None:
         self._pipeline = pipeline
+        self._settle = settle
         self._running: dict[tuple[AppserviceID, int], asyncio.Task[None]] = {}
 
-    def start(self, send: Send) -> None:
+    def start(self, send: Send, epoch: int | None) -> None:
+        """Start ``send``; ``epoch`` is the ownership epoch of the step that asked for it (None: unknown)."""
         key = (send.appservice_id, send.txn_id)
         if key in self._running:
             return  # a resume asked again for what is already on the wire
-        task = self._pipeline.background.spawn(self._send(send), f"send {send.appservice_id} txn {send.txn_id}")
+        task = self._pipeline.background.spawn(self._send(send, epoch), f"send {send.appservice_id} txn {send.txn_id}")
         self._running[key] = task
         task.add_done_callback(lambda _: self._running.pop(key, None))
 
-    async def _send(self, send: Send) -> None:
+    async def _send(self, send: Send, epoch: int | None) -> None:
         pipeline = self._pipeline
         registration = pipeline.registrations[send.appservice_id]
         try:
@@ -81,7 +98,7 @@ class Senders:
                 send.attempt,
                 result.reason,
             )
-        await report(pipeline, send.appservice_id, result)
+        self._settle(send, result, epoch)
 
     async def stop(self) -> None:
         for task in list(self._running.values()):
@@ -115,26 +132,31 @@ async def resume_all(pipeline: Pipeline) -> None:
 
 def install(pipeline: Pipeline) -> Senders:
     settings = pipeline.settings
+    app = pipeline.app
     config = MachineConfig(unit_ms=settings.retry_unit_ms)
     store = TableStore(pipeline.appservices)
 
     async def seek(partition: int, offset: int) -> None:
-        await pipeline.app.consumer.seek(TP(settings.inbox_topic, partition), offset)
+        await app.consumer.seek(TP(settings.inbox_topic, partition), offset)
 
     guard = PositionGuard(
         store, KafkaPartitionLog(settings.bootstrap_servers, settings.inbox_topic, settings.app_id), seek
     )
-    senders = Senders(pipeline)
+    ownership = Ownership(app)
     inbox_partitions: dict[AppserviceID, int] = {}
     formats = {
         r.id: BodyFormat(ephemeral_stable=r.receive_ephemeral, ephemeral_unstable=r.push_ephemeral_msc2409)
         for r in pipeline.registrations.values()
     }
 
+    def inbox_partition(appservice_id: AppserviceID) -> int:
+        partition = inbox_partitions.get(appservice_id)
+        if partition is None:
+            partition = inbox_partitions[appservice_id] = key_partition(appservice_id.encode(), settings.partitions)
+        return partition
+
     def check_partition(appservice_id: AppserviceID, partition: int) -> None:
-        expected = inbox_partitions.get(appservice_id)
-        if expected is None:
-            expected = inbox_partitions[appservice_id] = key_partition(appservice_id.encode(), settings.partitions)
+        expected = inbox_partition(appservice_id)
         if expected != partition:
             # The router and the producer's partitioner disagree (a changed
             # partition count?): stepping here would split the appservice's
@@ -143,6 +165,28 @@ def install(pipeline: Pipeline) -> Senders:
                 f"inbox partition {partition} holds a record for {appservice_id}, whose partition is {expected}"
                 f" with {settings.partitions} partitions; was APPSERVICE_STREAMS_PARTITIONS changed?"
             )
+
+    def step_appservice(
+        appservice_id: AppserviceID,
+        inputs: list[Input],
+        now: int,
+        sends: list[Send],
+        delays: list[tuple[AppserviceID, DelayRecord]],
+    ) -> None:
+        """Inside ``partition_of``/``in_partition`` for the appservice's inbox partition."""
+        if appservice_id not in formats:
+            log.warning("inbox holds %d records for %s, which has no registration", len(inputs), appservice_id)
+            return
+        result = run_step(appservice_id, inputs, store, now_ms=now, config=config, body_format=formats[appservice_id])
+        sends.extend(result.sends)
+        delays.extend((appservice_id, d) for d in result.delays)
+        for notice in result.notices:
+            if isinstance(notice, WentDown):
+                log.warning("appservice %s is DOWN: txn %s failed (%s)", appservice_id, notice.txn_id, notice.reason)
+            elif isinstance(notice, CameUp):
+                log.warning("appservice %s is UP again after %d ms", appservice_id, notice.down_for_ms)
+            else:
+                log.debug("appservice %s: %s", appservice_id, notice.reason)
 
     def step_partition(events: list[Any], sends: list[Send], delays: list[tuple[AppserviceID, DelayRecord]]) -> None:
         by_appservice: dict[AppserviceID, list[Input]] = defaultdict(list)
@@ -158,27 +202,84 @@ def install(pipeline: Pipeline) -> Senders:
                 by_appservice[appservice_id].append(input_)
         now = now_ms()
         for appservice_id, inputs in by_appservice.items():
-            if appservice_id not in formats:
-                log.warning("inbox holds %d records for %s, which has no registration", len(inputs), appservice_id)
-                continue
-            result = run_step(
-                appservice_id, inputs, store, now_ms=now, config=config, body_format=formats[appservice_id]
-            )
-            sends.extend(result.sends)
-            delays.extend((appservice_id, d) for d in result.delays)
-            for notice in result.notices:
-                if isinstance(notice, WentDown):
-                    log.warning(
-                        "appservice %s is DOWN: txn %s failed (%s)", appservice_id, notice.txn_id, notice.reason
-                    )
-                elif isinstance(notice, CameUp):
-                    log.warning("appservice %s is UP again after %d ms", appservice_id, notice.down_for_ms)
-                else:
-                    log.debug("appservice %s: %s", appservice_id, notice.reason)
+            step_appservice(appservice_id, inputs, now, sends, delays)
 
-    @pipeline.app.agent(pipeline.inbox, name="deliverer")  # type: ignore[untyped-decorator]
+    async def start_effects(
+        sends: list[Send], delays: list[tuple[AppserviceID, DelayRecord]], epoch: int | None
+    ) -> None:
+        """After the step's state is acknowledged: sends on the wire, retry timers in the delay topic."""
+        for send in sends:
+            senders.start(send, epoch)
+        timers = [
+            await pipeline.delay.send(key=appservice_id.encode(), value=encode_delay(record))
+            for appservice_id, record in delays
+        ]
+        await asyncio.gather(*timers)
+
+    # Outcomes settled here wait in ``settlement`` until the deliverer has
+    # stepped what their inbox partition held when they came (see
+    # streams.settlement), then in ``unsettled`` for the next step: the
+    # loop's, after its batch, or a task's when the loop is waiting for records.
+    settlement: Settlement[tuple[AppserviceID, Input, int]] = Settlement()
+    unsettled: list[tuple[AppserviceID, Input, int]] = []
+    loop_busy = False
+
+    def settle(send: Send, result: Input, epoch: int | None) -> None:
+        if epoch is None or not ownership.unbroken(epoch):
+            # A rebalance began since the step that asked for this send: the
+            # partition may be another worker's now, and only its owner may
+            # step the appservice.
+            pipeline.background.spawn(report(pipeline, send.appservice_id, result), "report an outcome")
+            return
+        partition = inbox_partition(send.appservice_id)
+        end = app.consumer.highwater(TP(settings.inbox_topic, partition))
+        if settlement.arrived(partition, (send.appservice_id, result, epoch), end, now_ms()):
+            settle_soon([(send.appservice_id, result, epoch)])
+
+    def settle_soon(outcomes: list[tuple[AppserviceID, Input, int]]) -> None:
+        if not outcomes:
+            return
+        unsettled.extend(outcomes)
+        if len(unsettled) == len(outcomes) and not loop_busy:
+            pipeline.background.spawn(settle_while_idle(), "settle outcomes")
+
+    def step_unsettled(sends: list[Send], delays: list[tuple[AppserviceID, DelayRecord]]) -> None:
+        """Step the outcomes free to settle, for partitions still owned; report the others through the inbox."""
+        taken = list(unsettled)
+        unsettled.clear()
+        by_appservice: dict[AppserviceID, list[Input]] = defaultdict(list)
+        for appservice_id, result, epoch in taken:
+            if ownership.unbroken(epoch):
+                by_appservice[appservice_id].append(result)
+            else:
+                pipeline.background.spawn(report(pipeline, appservice_id, result), "report an outcome")
+        now = now_ms()
+        for appservice_id, inputs in by_appservice.items():
+            with in_partition(inbox_partition(appservice_id)):
+                step_appservice(appservice_id, inputs, now, sends, delays)
+
+    async def settle_while_idle() -> None:
+        if loop_busy or not unsettled:
+            return  # the loop took them, or will
+        sends: list[Send] = []
+        delays: list[tuple[AppserviceID, DelayRecord]] = []
+        epoch = ownership.epoch()
+        try:
+            step_unsettled(sends, delays)
+            await (await store.produce())
+            await start_effects(sends, delays, epoch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            fatal(exc, "deliverer settling outcomes")
+
+    senders = Senders(pipeline, settle)
+
+    @app.agent(pipeline.inbox, name="deliverer")  # type: ignore[untyped-decorator]
     async def deliver(stream: Any) -> None:
+        nonlocal loop_busy
         async for batch in take_available(stream, settings.batch_max, within=settings.batch_within_s):
+            loop_busy = True
             by_partition: dict[int, list[Any]] = defaultdict(list)
             for event in batch:
                 by_partition[event.message.partition].append(event)
@@ -186,12 +287,17 @@ def install(pipeline: Pipeline) -> Senders:
             delays: list[tuple[AppserviceID, DelayRecord]] = []
             ackable: list[Any] = []
             try:
-                for events in by_partition.values():
+                epoch = ownership.epoch()
+                for partition, events in by_partition.items():
                     with partition_of(events[-1]):
                         admitted, last, done = await guard.admit(events)
                         ackable.extend(done)
                         step_partition(admitted, sends, delays)
-                        guard.advance(events[-1].message.partition, last)  # after the step's writes
+                        guard.advance(partition, last)  # after the step's writes
+                    unsettled.extend(settlement.stepped(partition, events[-1].message.offset))
+                if not ownership.unbroken(epoch):
+                    epoch = None  # a rebalance began while admitting: these sends' outcomes go through the inbox
+                step_unsettled(sends, delays)
                 acknowledged = await store.produce()
             except Exception as exc:
                 fatal(exc, "deliverer")
@@ -202,9 +308,12 @@ def install(pipeline: Pipeline) -> Senders:
             previous = in_flight[-1] if in_flight else None
             in_flight.append(
                 pipeline.background.spawn(
-                    complete(previous, acknowledged, sends, delays, ackable), "complete a deliverer batch"
+                    complete(previous, acknowledged, sends, delays, ackable, epoch), "complete a deliverer batch"
                 )
             )
+            loop_busy = False
+            if unsettled:
+                pipeline.background.spawn(settle_while_idle(), "settle outcomes")
 
     async def complete(
         previous: asyncio.Task[None] | None,
@@ -212,6 +321,7 @@ def install(pipeline: Pipeline) -> Senders:
         sends: list[Send],
         delays: list[tuple[AppserviceID, DelayRecord]],
         ackable: list[Any],
+        epoch: int | None,
     ) -> None:
         """Commit order: a batch's state is in Kafka before any txn id it formed goes
         on the wire and before it is acked; batches complete in the order they were taken."""
@@ -219,21 +329,16 @@ def install(pipeline: Pipeline) -> Senders:
             if previous is not None:
                 await previous
             await acknowledged
-            for send in sends:
-                senders.start(send)
-            timers = [
-                await pipeline.delay.send(key=appservice_id.encode(), value=encode_delay(record))
-                for appservice_id, record in delays
-            ]
-            await asyncio.gather(*timers)
+            await start_effects(sends, delays, epoch)
             pipeline.acks.processed(ackable)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             fatal(exc, "deliverer")
 
-    @pipeline.app.timer(interval=RESEEK_S / 2)  # type: ignore[untyped-decorator]
+    @app.timer(interval=RESEEK_S / 2)  # type: ignore[untyped-decorator]
     async def seek_again() -> None:
+        settle_soon(settlement.overdue(now_ms()))
         try:
             await guard.seek_again()
         except Exception as exc:

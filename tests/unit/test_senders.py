@@ -10,10 +10,9 @@ from typing import Any
 from agents.background import BackgroundTasks
 from agents.deliverer import Senders
 from streams.delivery import Send
-from streams.machine import TxnFailed, TxnSucceeded
+from streams.machine import Input, TxnFailed, TxnSucceeded
 from streams.matrix import AppserviceID, TxnID
 from streams.outcome import Delivered, Outcome
-from streams.records import decode_inbox
 from streams.registration import parse_registration
 
 REGISTRATION = parse_registration(
@@ -29,12 +28,14 @@ REGISTRATION = parse_registration(
 )
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.records: list[tuple[bytes, bytes]] = []
+class Settled:
+    """Records what each finished send handed on to be settled."""
 
-    async def send(self, *, key: bytes, value: bytes) -> None:
-        self.records.append((key, value))
+    def __init__(self) -> None:
+        self.outcomes: list[tuple[Send, Input, int | None]] = []
+
+    def __call__(self, send: Send, result: Input, epoch: int | None) -> None:
+        self.outcomes.append((send, result, epoch))
 
 
 class Client:
@@ -52,29 +53,35 @@ class Client:
 
 def pipeline(client: Client) -> Any:
     return SimpleNamespace(
-        registrations={AppserviceID("bridge"): REGISTRATION}, client=client, inbox=Inbox(), background=BackgroundTasks()
+        registrations={AppserviceID("bridge"): REGISTRATION}, client=client, background=BackgroundTasks()
     )
 
 
 SEND = Send(AppserviceID("bridge"), TxnID(7), 0, b'{"events":[]}')
 
 
-async def test_an_exception_while_sending_is_reported_as_a_failed_attempt() -> None:
-    shell = pipeline(Client(RuntimeError("bug")))
-    Senders(shell).start(SEND)
+async def test_an_exception_while_sending_is_settled_as_a_failed_attempt() -> None:
+    settled = Settled()
+    Senders(pipeline(Client(RuntimeError("bug"))), settled).start(SEND, 3)
     await asyncio.sleep(0.1)
-    [(key, value)] = shell.inbox.records
-    result = decode_inbox(value)
-    assert key == b"bridge"
+    [(send, result, epoch)] = settled.outcomes
+    assert send == SEND and epoch == 3
     assert isinstance(result, TxnFailed) and result.txn_id == 7 and "RuntimeError" in result.reason
+
+
+async def test_a_delivered_txn_is_settled_as_succeeded_with_the_epoch_of_its_step() -> None:
+    settled = Settled()
+    Senders(pipeline(Client(Delivered(200))), settled).start(SEND, None)
+    await asyncio.sleep(0.1)
+    assert [(type(result), epoch) for _, result, epoch in settled.outcomes] == [(TxnSucceeded, None)]
 
 
 async def test_a_txn_already_on_the_wire_is_not_sent_twice_by_one_worker() -> None:
     client = Client(Delivered(200))
-    shell = pipeline(client)
-    senders = Senders(shell)
-    senders.start(SEND)
-    senders.start(SEND)  # a Resume while the first attempt is in flight
+    settled = Settled()
+    senders = Senders(pipeline(client), settled)
+    senders.start(SEND, 1)
+    senders.start(SEND, 1)  # a Resume while the first attempt is in flight
     await asyncio.sleep(0.1)
     assert client.calls == 1
-    assert [type(decode_inbox(v)) for _, v in shell.inbox.records] == [TxnSucceeded]
+    assert len(settled.outcomes) == 1
