@@ -32,8 +32,8 @@ class Sizes:
     catchup_retry_unit_ms: int = 1
     recovery_events: int = 50_000
     recovery_live_rate: float = 200.0
-    memory_events: int = 200_000
-    memory_steps: int = 4
+    memory_events: int = 1_000_000
+    memory_steps: int = 5
     memory_appservices: int = 8
     repeat: int = 1
 
