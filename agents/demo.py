@@ -24,7 +24,7 @@ import yaml
 from aiohttp import web
 
 from agents.producer import EventProducer
-from agents.topics import ensure_topic
+from agents.topics import delete_prefixed, ensure_topic
 from streams.local_kafka import LocalKafka, LocalKafkaError
 
 SERVER_NAME = "demo.example.org"
@@ -199,13 +199,8 @@ async def _run(home: Path, count: int) -> int:
 
 def _delete_topics(bootstrap: str, app_id: str) -> None:
     """Delete the run's topics (input, inbox, delay, rooms, changelogs): best effort, a demo leaves no trace."""
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
     try:
-        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(app_id)]
-        for future in admin.delete_topics(names).values():
-            future.result(10)
+        delete_prefixed(bootstrap, (app_id,))
     except Exception as exc:
         print(f"demo: could not delete the run's topics ({exc}); harmless", file=sys.stderr)
 

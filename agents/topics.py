@@ -1,13 +1,16 @@
-"""Creating the topics a worker reads before it reads them.
+"""Creating the topics a worker reads before it reads them, and deleting a run's.
 
 Faust creates its own internal topics; the input topic belongs to the
 homeserver side, and is created here (if missing) with the configured
 partition count, so neither a producer's nor a consumer's auto-creation
-decides it.
+decides it. ``delete_prefixed`` removes what a demo, test or benchmark run
+created: a dev broker left with thousands of test topics spends its heap on
+their metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -118,3 +121,28 @@ def ensure_worker_topics(settings: Settings) -> None:
             f"{s.rooms_topic} has {counts[s.rooms_topic]} partitions and {s.input_topic} {inputs}: the room state"
             " of an input partition lives in the changelog partition of the same number"
         )
+
+
+def delete_prefixed(bootstrap_servers: str, prefixes: tuple[str, ...], timeout_s: float = 30.0) -> int:
+    """Delete the topics and consumer groups whose names start with one of ``prefixes``; return how many topics.
+
+    Best effort: a topic or group that is already gone, or that the broker
+    refuses to delete, is skipped.
+
+    Raises:
+        KafkaException: the broker cannot be reached to list the topics.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    topics = [t for t in admin.list_topics(timeout=timeout_s).topics if t.startswith(prefixes)]
+    if topics:
+        for future in admin.delete_topics(topics, operation_timeout=timeout_s).values():
+            with contextlib.suppress(KafkaException):
+                future.result(timeout_s)
+    with contextlib.suppress(KafkaException):
+        listed = admin.list_consumer_groups().result(timeout_s)
+        groups = [g.group_id for g in listed.valid if g.group_id.startswith(prefixes)]
+        if groups:
+            for future in admin.delete_consumer_groups(groups).values():
+                with contextlib.suppress(KafkaException):
+                    future.result(timeout_s)
+    return len(topics)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from collections.abc import Callable, Sequence
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from agents import topics
 from bench.procs import ROOT
 
 BOOTSTRAP = "127.0.0.1:9092"
@@ -129,20 +129,7 @@ def wait_for_no_lag(
 
 def delete_prefixed(prefix: str, bootstrap: str = BOOTSTRAP) -> int:
     """Delete the topics and consumer groups whose names start with ``prefix``; return how many topics."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
-    if topics:
-        for future in admin.delete_topics(topics, operation_timeout=30).values():
-            with contextlib.suppress(KafkaException):
-                future.result(30)
-    with contextlib.suppress(KafkaException, AttributeError):
-        listed = admin.list_consumer_groups().result(10)
-        groups = [g.group_id for g in listed.valid if g.group_id.startswith(prefix)]
-        if groups:
-            for future in admin.delete_consumer_groups(groups).values():
-                with contextlib.suppress(KafkaException):
-                    future.result(10)
-    return len(topics)
+    return topics.delete_prefixed(bootstrap, (prefix,))
 
 
 __all__ = ["BOOTSTRAP", "Lag", "delete_prefixed", "ensure_running", "kafka_version", "wait_for_no_lag"]

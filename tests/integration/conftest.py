@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agents.producer import EventProducer
+from agents.topics import delete_prefixed
 from streams.local_kafka import LocalKafka
 from tests.support.recording_appservice import RecordingAppservice
 from tests.support.worker_process import WorkerProcess
@@ -49,6 +50,9 @@ def worker(kafka: LocalKafka, tmp_path: Path, registrations: Path, run_id: str) 
     )
     yield process
     process.stop()
+    # Each test's topics go with it: a dev broker kept for weeks would otherwise
+    # hold thousands, and spend its heap on their metrics.
+    delete_prefixed(kafka.bootstrap, (process.app_id, process.input_topic))
 
 
 @pytest.fixture
