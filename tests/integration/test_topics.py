@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-from agents.topics import ensure_worker_topics
+from agents.topics import delete_prefixed, ensure_worker_topics
 from streams.local_kafka import LocalKafka
 from streams.settings import from_environment
+
+
+@pytest.fixture(autouse=True)
+def delete_the_topics_made(kafka: LocalKafka, run_id: str) -> Iterator[None]:
+    yield
+    delete_prefixed(kafka.bootstrap, (f"topics-{run_id}", f"rooms-{run_id}"))
 
 
 def test_every_topic_a_worker_reads_is_created_before_it_starts(kafka: LocalKafka, run_id: str) -> None:
