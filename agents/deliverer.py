@@ -36,13 +36,13 @@ from agents.pipeline import Pipeline, now_ms
 from agents.positions import RESEEK_S, KafkaPartitionLog, PositionGuard
 from agents.table_store import TableStore, in_partition, partition_of
 from agents.topics import key_partition
-from streams.delivery import BodyFormat, Send, run_step
+from streams.delivery import BodyFormat, Send, run_step, txn_key
 from streams.errors import BadRecord, InvariantBroken
 from streams.machine import CameUp, Input, MachineConfig, Resume, TxnFailed, WentDown
 from streams.matrix import AppserviceID
 from streams.outcome import as_input
 from streams.records import DelayRecord, decode_inbox_record, encode_delay, encode_outcome
-from streams.settlement import Settlement
+from streams.settlement import MAX_WAIT_MS, Settlement
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,16 @@ def install(pipeline: Pipeline) -> Senders:
         for appservice_id, inputs in by_appservice.items():
             step_appservice(appservice_id, inputs, now, sends, delays)
 
+    def start_stored(sends: list[Send], epoch: int | None) -> list[Send]:
+        """Start the sends whose txn an earlier, acknowledged step stored; the rest wait for this step's."""
+        rest = []
+        for send in sends:
+            if send.stored_earlier and store.acknowledged(txn_key(send.appservice_id, send.txn_id)):
+                senders.start(send, epoch)
+            else:
+                rest.append(send)
+        return rest
+
     async def start_effects(
         sends: list[Send], delays: list[tuple[AppserviceID, DelayRecord]], epoch: int | None
     ) -> None:
@@ -266,6 +276,7 @@ def install(pipeline: Pipeline) -> Senders:
         epoch = ownership.epoch()
         try:
             step_unsettled(sends, delays)
+            sends = start_stored(sends, epoch)
             await (await store.produce())
             await start_effects(sends, delays, epoch)
         except asyncio.CancelledError:
@@ -298,6 +309,7 @@ def install(pipeline: Pipeline) -> Senders:
                 if not ownership.unbroken(epoch):
                     epoch = None  # a rebalance began while admitting: these sends' outcomes go through the inbox
                 step_unsettled(sends, delays)
+                sends = start_stored(sends, epoch)
                 acknowledged = await store.produce()
             except Exception as exc:
                 fatal(exc, "deliverer")
@@ -338,7 +350,17 @@ def install(pipeline: Pipeline) -> Senders:
 
     @app.timer(interval=RESEEK_S / 2)  # type: ignore[untyped-decorator]
     async def seek_again() -> None:
-        settle_soon(settlement.overdue(now_ms()))
+        overdue = settlement.overdue(now_ms())
+        if overdue:
+            # The deliverer did not step their inbox partitions up to where they
+            # ended when the outcomes came: far behind, or stuck.
+            log.warning(
+                "%d send outcomes waited over %d ms for inbox records (appservices %s); settling them now",
+                len(overdue),
+                MAX_WAIT_MS,
+                sorted({appservice_id for appservice_id, _, _ in overdue}),
+            )
+        settle_soon(overdue)
         try:
             await guard.seek_again()
         except Exception as exc:

@@ -76,9 +76,10 @@ def test_appservice_state_round_trip() -> None:
             attempt=2,
             retry_at_ms=99,
             down_since_ms=50,
-            last_txn_id=123,
+            last_txn_id=124,
             queued=(4, 5, 6, 7),
             applied=((0, 10), (3, 7)),
+            ahead=Txn(TxnID(124), (100, 0, 0, 0)),
         ),
         BacklogCursor((KindCursor(1, 2, 3), KindCursor(), KindCursor(0, 0, 9), KindCursor(4, 0, 5))),
     )
@@ -87,7 +88,13 @@ def test_appservice_state_round_trip() -> None:
 
 def test_appservice_state_golden_bytes() -> None:
     raw = encode_appservice(StoredAppservice(AppserviceState(), BacklogCursor()))
-    assert raw == b'\x01["idle",null,0,null,null,0,[0,0,0,0],[],[[0,0,0],[0,0,0],[0,0,0],[0,0,0]]]'
+    assert raw == b'\x01["idle",null,0,null,null,0,[0,0,0,0],[],[[0,0,0],[0,0,0],[0,0,0],[0,0,0]],null]'
+
+
+def test_a_state_stored_before_txns_were_formed_ahead_reads_as_none_ahead() -> None:
+    old = b'\x01["sending",[7,[1,0,0,0]],0,null,null,7,[0,0,0,0],[],[[0,0,0],[0,0,0],[0,0,0],[0,0,0]]]'
+    machine = decode_appservice(old).machine
+    assert machine.inflight == Txn(TxnID(7), (1, 0, 0, 0)) and machine.ahead is None
 
 
 def test_txn_golden_bytes_and_round_trip() -> None:
