@@ -1,0 +1,86 @@
+"""TableStore: a key counts as acknowledged only once Kafka took every write of it, in order."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from agents.table_store import TableStore, in_partition
+
+
+class Data(dict[bytes, bytes]):
+    def __init__(self) -> None:
+        super().__init__()
+        self.persisted: dict[Any, int] = {}
+
+    def set_persisted_offset(self, tp: Any, offset: int) -> None:
+        self.persisted[tp] = offset
+
+
+class Producer:
+    """Hands out one future per record; the test decides when Kafka acknowledges."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes, asyncio.Future[Any]]] = []
+
+    async def send(self, topic: str, key: bytes, value: bytes | None, partition: int, *_: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.records.append((key, future))
+        return future
+
+    def acknowledge(self, index: int) -> None:
+        self.records[index][1].set_result(SimpleNamespace(partition=0, offset=index))
+
+
+def table() -> tuple[Any, Producer]:
+    producer = Producer()
+    changelog = SimpleNamespace(get_topic_name=lambda: "app-appservices-changelog")
+    return SimpleNamespace(data=Data(), changelog_topic=changelog, app=SimpleNamespace(producer=producer)), producer
+
+
+async def test_a_key_is_acknowledged_only_after_kafka_took_its_write() -> None:
+    faust_table, producer = table()
+    store = TableStore(faust_table)
+    with in_partition(0):
+        store.put(b"t\x00txn", b"body")
+    assert not store.acknowledged(b"t\x00txn")
+    acknowledged = await store.produce()
+    assert not store.acknowledged(b"t\x00txn"), "handed over is not acknowledged"
+    producer.acknowledge(0)
+    await acknowledged
+    assert store.acknowledged(b"t\x00txn")
+
+
+async def test_a_later_hand_over_is_acknowledged_only_after_every_earlier_one() -> None:
+    faust_table, producer = table()
+    store = TableStore(faust_table)
+    with in_partition(0):
+        store.put(b"a", b"1")
+    await store.produce()
+    with in_partition(0):
+        store.put(b"b", b"2")
+    second = await store.produce()
+    producer.acknowledge(1)  # Kafka answered the later record first
+    await asyncio.sleep(0.01)
+    assert not store.acknowledged(b"b"), "the later hand-over waits for the earlier one"
+    producer.acknowledge(0)
+    await second
+    assert store.acknowledged(b"a") and store.acknowledged(b"b")
+
+
+async def test_a_key_written_again_is_unacknowledged_until_its_last_write_is_taken() -> None:
+    faust_table, producer = table()
+    store = TableStore(faust_table)
+    with in_partition(0):
+        store.put(b"s", b"1")
+    first = await store.produce()
+    with in_partition(0):
+        store.put(b"s", b"2")
+    second = await store.produce()
+    producer.acknowledge(0)
+    await first
+    assert not store.acknowledged(b"s")
+    producer.acknowledge(1)
+    await second
+    assert store.acknowledged(b"s")
