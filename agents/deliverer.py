@@ -25,6 +25,7 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from faust.types import TP
@@ -36,7 +37,7 @@ from agents.pipeline import Pipeline, now_ms
 from agents.positions import RESEEK_S, KafkaPartitionLog, PositionGuard
 from agents.table_store import TableStore, in_partition, partition_of
 from agents.topics import key_partition
-from streams.delivery import BodyFormat, Send, run_step, txn_key
+from streams.delivery import BodyFormat, Send, run_step
 from streams.errors import BadRecord, InvariantBroken
 from streams.machine import CameUp, Input, MachineConfig, Resume, TxnFailed, WentDown
 from streams.matrix import AppserviceID
@@ -53,6 +54,21 @@ REPORT_RETRY_S = 1.0
 # 4 measured worse (p50 at 2,000/s: ~200 ms with 1, ~500 ms with 4): the loop
 # then takes smaller batches, and each costs its own changelog records.
 MAX_BATCHES_IN_FLIGHT = 1
+# How long a revocation waits for settling tasks to hand their records over
+# (they await only Kafka, never an appservice).
+REVOKE_WAIT_S = 10.0
+
+
+@dataclass
+class Effects:
+    """What steps asked the shell to do once their state is durable."""
+
+    sends: list[Send] = field(default_factory=list)
+    delays: list[tuple[AppserviceID, DelayRecord]] = field(default_factory=list)
+
+
+class _NotOwned(Exception):
+    """A send's outcome whose partition this worker may no longer own."""
 
 
 # Settles one outcome of a send: (the send, what the appservice's answer means
@@ -166,20 +182,14 @@ def install(pipeline: Pipeline) -> Senders:
                 f" with {settings.partitions} partitions; was APPSERVICE_STREAMS_PARTITIONS changed?"
             )
 
-    def step_appservice(
-        appservice_id: AppserviceID,
-        inputs: list[Input],
-        now: int,
-        sends: list[Send],
-        delays: list[tuple[AppserviceID, DelayRecord]],
-    ) -> None:
+    def step_appservice(appservice_id: AppserviceID, inputs: list[Input], now: int, effects: Effects) -> None:
         """Inside ``partition_of``/``in_partition`` for the appservice's inbox partition."""
         if appservice_id not in formats:
             log.warning("inbox holds %d records for %s, which has no registration", len(inputs), appservice_id)
             return
         result = run_step(appservice_id, inputs, store, now_ms=now, config=config, body_format=formats[appservice_id])
-        sends.extend(result.sends)
-        delays.extend((appservice_id, d) for d in result.delays)
+        effects.sends.extend(result.sends)
+        effects.delays.extend((appservice_id, d) for d in result.delays)
         for notice in result.notices:
             if isinstance(notice, WentDown):
                 log.warning("appservice %s is DOWN: txn %s failed (%s)", appservice_id, notice.txn_id, notice.reason)
@@ -188,7 +198,7 @@ def install(pipeline: Pipeline) -> Senders:
             else:
                 log.debug("appservice %s: %s", appservice_id, notice.reason)
 
-    def step_partition(events: list[Any], sends: list[Send], delays: list[tuple[AppserviceID, DelayRecord]]) -> None:
+    def step_partition(events: list[Any], effects: Effects) -> None:
         by_appservice: dict[AppserviceID, list[Input]] = defaultdict(list)
         jitter = random.random()
         for event in events:
@@ -202,29 +212,46 @@ def install(pipeline: Pipeline) -> Senders:
                 by_appservice[appservice_id].append(input_)
         now = now_ms()
         for appservice_id, inputs in by_appservice.items():
-            step_appservice(appservice_id, inputs, now, sends, delays)
+            step_appservice(appservice_id, inputs, now, effects)
 
-    def start_stored(sends: list[Send], epoch: int | None) -> list[Send]:
-        """Start the sends whose txn an earlier, acknowledged step stored; the rest wait for this step's."""
-        rest = []
-        for send in sends:
-            if send.stored_earlier and store.acknowledged(txn_key(send.appservice_id, send.txn_id)):
+    async def start_effects(effects: Effects, epoch: int | None) -> None:
+        """After the step's state is acknowledged: sends on the wire, retry timers in the delay topic.
+
+        Sends only while ownership is unbroken since the step: after a rebalance
+        began they are left to the Resume every rebalance ends with, which the
+        partition's owner answers by resending what is in flight. Sent from here
+        too, a txn could reach the appservice after the owner's next one, and an
+        appservice that remembers only its last txn id (matrix-appservice-node)
+        would process it twice.
+        """
+        if not ownership.unbroken(epoch):
+            log.info("a rebalance began: %d sends left to the resume after it", len(effects.sends))
+        else:
+            for send in effects.sends:
                 senders.start(send, epoch)
-            else:
-                rest.append(send)
-        return rest
-
-    async def start_effects(
-        sends: list[Send], delays: list[tuple[AppserviceID, DelayRecord]], epoch: int | None
-    ) -> None:
-        """After the step's state is acknowledged: sends on the wire, retry timers in the delay topic."""
-        for send in sends:
-            senders.start(send, epoch)
         timers = [
             await pipeline.delay.send(key=appservice_id.encode(), value=encode_delay(record))
-            for appservice_id, record in delays
+            for appservice_id, record in effects.delays
         ]
         await asyncio.gather(*timers)
+
+    # Settling tasks run outside the agent's batches: a revocation waits for
+    # them (Faust's own barrier covers only the agent's events).
+    outside_batches: set[asyncio.Task[None]] = set()
+
+    def track(task: asyncio.Task[None]) -> None:
+        outside_batches.add(task)
+        task.add_done_callback(outside_batches.discard)
+
+    @app.on_partitions_assigned.connect  # type: ignore[untyped-decorator]
+    async def note_assignment(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        ownership.assigned()
+
+    @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
+    async def finish_outside_batches(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        if outside_batches:
+            await asyncio.wait(list(outside_batches), timeout=REVOKE_WAIT_S)
+        await (await store.produce())
 
     # Outcomes settled here wait in ``settlement`` until the deliverer has
     # stepped what their inbox partition held when they came (see
@@ -235,25 +262,33 @@ def install(pipeline: Pipeline) -> Senders:
     loop_busy = False
 
     def settle(send: Send, result: Input, epoch: int | None) -> None:
-        if epoch is None or not ownership.unbroken(epoch):
-            # A rebalance began since the step that asked for this send: the
-            # partition may be another worker's now, and only its owner may
-            # step the appservice.
+        try:
+            if epoch is None or not ownership.unbroken(epoch):
+                # A rebalance began since the step that asked for this send: the
+                # partition may be another worker's now, and only its owner may
+                # step the appservice.
+                raise _NotOwned
+            partition = inbox_partition(send.appservice_id)
+            end = app.consumer.highwater(TP(settings.inbox_topic, partition))
+            if settlement.arrived(partition, (send.appservice_id, result, epoch), end, now_ms()):
+                settle_soon([(send.appservice_id, result, epoch)])
+        except Exception as exc:
+            # Not ours to settle (any more), or the consumer could not say where
+            # the partition ends: the owner settles it from the inbox.
+            if not isinstance(exc, _NotOwned):
+                log.warning(
+                    "settling txn %s of %s here failed (%r); through the inbox", send.txn_id, send.appservice_id, exc
+                )
             pipeline.background.spawn(report(pipeline, send.appservice_id, result), "report an outcome")
-            return
-        partition = inbox_partition(send.appservice_id)
-        end = app.consumer.highwater(TP(settings.inbox_topic, partition))
-        if settlement.arrived(partition, (send.appservice_id, result, epoch), end, now_ms()):
-            settle_soon([(send.appservice_id, result, epoch)])
 
     def settle_soon(outcomes: list[tuple[AppserviceID, Input, int]]) -> None:
         if not outcomes:
             return
         unsettled.extend(outcomes)
         if len(unsettled) == len(outcomes) and not loop_busy:
-            pipeline.background.spawn(settle_while_idle(), "settle outcomes")
+            track(pipeline.background.spawn(settle_while_idle(), "settle outcomes"))
 
-    def step_unsettled(sends: list[Send], delays: list[tuple[AppserviceID, DelayRecord]]) -> None:
+    def step_unsettled(effects: Effects) -> None:
         """Step the outcomes free to settle, for partitions still owned; report the others through the inbox."""
         taken = list(unsettled)
         unsettled.clear()
@@ -266,19 +301,17 @@ def install(pipeline: Pipeline) -> Senders:
         now = now_ms()
         for appservice_id, inputs in by_appservice.items():
             with in_partition(inbox_partition(appservice_id)):
-                step_appservice(appservice_id, inputs, now, sends, delays)
+                step_appservice(appservice_id, inputs, now, effects)
 
     async def settle_while_idle() -> None:
         if loop_busy or not unsettled:
             return  # the loop took them, or will
-        sends: list[Send] = []
-        delays: list[tuple[AppserviceID, DelayRecord]] = []
+        effects = Effects()
         epoch = ownership.epoch()
         try:
-            step_unsettled(sends, delays)
-            sends = start_stored(sends, epoch)
+            step_unsettled(effects)
             await (await store.produce())
-            await start_effects(sends, delays, epoch)
+            await start_effects(effects, epoch)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -291,47 +324,50 @@ def install(pipeline: Pipeline) -> Senders:
         nonlocal loop_busy
         async for batch in take_available(stream, settings.batch_max, within=settings.batch_within_s):
             loop_busy = True
-            by_partition: dict[int, list[Any]] = defaultdict(list)
-            for event in batch:
-                by_partition[event.message.partition].append(event)
-            sends: list[Send] = []
-            delays: list[tuple[AppserviceID, DelayRecord]] = []
-            ackable: list[Any] = []
             try:
-                epoch = ownership.epoch()
-                for partition, events in by_partition.items():
-                    with partition_of(events[-1]):
-                        admitted, last, done = await guard.admit(events)
-                        ackable.extend(done)
-                        step_partition(admitted, sends, delays)
-                        guard.advance(partition, last)  # after the step's writes
-                    unsettled.extend(settlement.stepped(partition, events[-1].message.offset))
-                if not ownership.unbroken(epoch):
-                    epoch = None  # a rebalance began while admitting: these sends' outcomes go through the inbox
-                step_unsettled(sends, delays)
-                sends = start_stored(sends, epoch)
-                acknowledged = await store.produce()
-            except Exception as exc:
-                fatal(exc, "deliverer")
-            # The next batch is stepped while this one's records are acknowledged.
-            in_flight[:] = [task for task in in_flight if not task.done()]
-            if len(in_flight) >= MAX_BATCHES_IN_FLIGHT:
-                await asyncio.wait([in_flight.pop(0)])
-            previous = in_flight[-1] if in_flight else None
-            in_flight.append(
-                pipeline.background.spawn(
-                    complete(previous, acknowledged, sends, delays, ackable, epoch), "complete a deliverer batch"
-                )
-            )
-            loop_busy = False
+                await deliver_batch(batch)
+            finally:
+                loop_busy = False
             if unsettled:
-                pipeline.background.spawn(settle_while_idle(), "settle outcomes")
+                track(pipeline.background.spawn(settle_while_idle(), "settle outcomes"))
+
+    async def deliver_batch(batch: list[Any]) -> None:
+        by_partition: dict[int, list[Any]] = defaultdict(list)
+        for event in batch:
+            by_partition[event.message.partition].append(event)
+        effects = Effects()
+        ackable: list[Any] = []
+        try:
+            epoch = ownership.epoch()
+            for partition, events in by_partition.items():
+                with partition_of(events[-1]):
+                    admitted, last, done = await guard.admit(events)
+                    ackable.extend(done)
+                    step_partition(admitted, effects)
+                    guard.advance(partition, last)  # after the step's writes
+                if last is not None:
+                    unsettled.extend(settlement.stepped(partition, last))
+            if not ownership.unbroken(epoch):
+                epoch = None  # a rebalance began while admitting: the resume after it sends
+            step_unsettled(effects)
+            acknowledged = await store.produce()
+        except Exception as exc:
+            fatal(exc, "deliverer")
+        # The next batch is stepped while this one's records are acknowledged.
+        in_flight[:] = [task for task in in_flight if not task.done()]
+        if len(in_flight) >= MAX_BATCHES_IN_FLIGHT:
+            await asyncio.wait([in_flight.pop(0)])
+        previous = in_flight[-1] if in_flight else None
+        in_flight.append(
+            pipeline.background.spawn(
+                complete(previous, acknowledged, effects, ackable, epoch), "complete a deliverer batch"
+            )
+        )
 
     async def complete(
         previous: asyncio.Task[None] | None,
         acknowledged: Awaitable[None],
-        sends: list[Send],
-        delays: list[tuple[AppserviceID, DelayRecord]],
+        effects: Effects,
         ackable: list[Any],
         epoch: int | None,
     ) -> None:
@@ -341,7 +377,7 @@ def install(pipeline: Pipeline) -> Senders:
             if previous is not None:
                 await previous
             await acknowledged
-            await start_effects(sends, delays, epoch)
+            await start_effects(effects, epoch)
             pipeline.acks.processed(ackable)
         except asyncio.CancelledError:
             raise

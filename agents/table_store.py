@@ -77,8 +77,6 @@ class TableStore:
         self._unsent: list[tuple[int, bytes, bytes | None]] = []
         self._handing_over = asyncio.Lock()
         self._last_acknowledged: Awaitable[None] | None = None
-        # Keys with a write Kafka has not acknowledged yet: the number of such writes.
-        self._unacknowledged: dict[bytes, int] = {}
 
     def _partition(self) -> int:
         event = current_event()
@@ -94,25 +92,11 @@ class TableStore:
 
     def put(self, key: bytes, value: bytes) -> None:
         self._unsent.append((self._partition(), key, value))
-        self._unacknowledged[key] = self._unacknowledged.get(key, 0) + 1
         self._table.data[key] = value
 
     def delete(self, key: bytes) -> None:
         self._unsent.append((self._partition(), key, None))
-        self._unacknowledged[key] = self._unacknowledged.get(key, 0) + 1
         del self._table.data[key]
-
-    def acknowledged(self, key: bytes) -> bool:
-        """Whether every write of ``key`` so far is in Kafka (acknowledged)."""
-        return key not in self._unacknowledged
-
-    def _forget_acknowledged(self, written: list[tuple[int, bytes, bytes | None]]) -> None:
-        for _, key, _ in written:
-            left = self._unacknowledged[key] - 1
-            if left:
-                self._unacknowledged[key] = left
-            else:
-                del self._unacknowledged[key]
 
     async def produce(self) -> Awaitable[None]:
         """Hand the changelog records written so far to the producer, in order; return their acknowledgement.
@@ -154,7 +138,6 @@ class TableStore:
                     last[metadata.partition] = max(metadata.offset, last.get(metadata.partition, -1))
                 for partition, offset in last.items():
                     table.data.set_persisted_offset(TP(topic, partition), offset)
-                self._forget_acknowledged(unsent)
 
             # A task, so that several callers can await it and it runs even if none does.
             self._last_acknowledged = asyncio.ensure_future(acknowledged())

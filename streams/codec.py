@@ -7,10 +7,9 @@ order. Layouts (version 1):
 * backlog chunk:   ``01`` then, per item, ``u32 length`` + the item's JSON
   (``streams.backlog`` owns it, beside its key layout).
 * appservice:      ``01`` then JSON ``[phase, inflight, attempt, retry_at_ms,
-  down_since_ms, last_txn_id, queued, applied, cursor, ahead]`` where ``inflight``
-  and ``ahead`` are ``null`` or ``[txn_id, [n_events, n_ephemeral, n_to_device, n_device]]``
-  and ``cursor`` is four ``[head_chunk, head_pos, tail_chunk]`` lists, one per kind.
-  States written before ``ahead`` existed have nine fields and read as none ahead.
+  down_since_ms, last_txn_id, queued, applied, cursor]`` where ``inflight`` is
+  ``null`` or ``[txn_id, [n_events, n_ephemeral, n_to_device, n_device]]`` and ``cursor``
+  is four ``[head_chunk, head_pos, tail_chunk]`` lists, one per kind.
 * transaction:     ``01`` then ``u64 txn_id`` then the exact body bytes sent.
 """
 
@@ -46,7 +45,7 @@ class StoredAppservice:
 
 def encode_appservice(stored: StoredAppservice) -> bytes:
     s = stored.machine
-    inflight = _encode_txn_ref(s.inflight)
+    inflight = None if s.inflight is None else [s.inflight.txn_id, list(s.inflight.counts)]
     cursor = [[k.head_chunk, k.head_pos, k.tail_chunk] for k in stored.cursor.kinds]
     doc = [
         s.phase.value,
@@ -58,31 +57,18 @@ def encode_appservice(stored: StoredAppservice) -> bytes:
         list(s.queued),
         [list(p) for p in s.applied],
         cursor,
-        _encode_txn_ref(s.ahead),
     ]
     return bytes((V1,)) + orjson.dumps(doc)
-
-
-def _encode_txn_ref(txn: Txn | None) -> list[object] | None:
-    return None if txn is None else [txn.txn_id, list(txn.counts)]
-
-
-def _decode_txn_ref(ref: list[object] | None) -> Txn | None:
-    return None if ref is None else Txn(TxnID(ref[0]), counts(ref[1]))  # type: ignore[arg-type]
 
 
 def decode_appservice(raw: bytes) -> StoredAppservice:
     """Raises: InvariantBroken on an unknown version or a malformed value."""
     expect_version(raw, "appservice state")
     try:
-        fields = orjson.loads(raw[1:])
-        if len(fields) == 9:
-            fields.append(None)  # written before txns were formed ahead
-        phase, inflight, attempt, retry_at, down_since, last_txn_id, queued, applied, cursor, ahead = fields
+        phase, inflight, attempt, retry_at, down_since, last_txn_id, queued, applied, cursor = orjson.loads(raw[1:])
         machine = AppserviceState(
             phase=Phase(phase),
-            inflight=_decode_txn_ref(inflight),
-            ahead=_decode_txn_ref(ahead),
+            inflight=None if inflight is None else Txn(TxnID(inflight[0]), counts(inflight[1])),
             attempt=attempt,
             retry_at_ms=retry_at,
             down_since_ms=down_since,

@@ -28,10 +28,7 @@ redo it. A crash after 2 leaves at most some garbage that nothing references.
 
 Commit order across the worker (the shell keeps it): the step's changelog
 records are acknowledged by Kafka → only then do HTTP sends start and is the
-batch acked, so its input offsets can be committed. A send of a txn stored by
-an earlier step (``Send.stored_earlier``) needs only that step's records
-acknowledged: a crash before this step's are durable replays it, and the
-appservice gets the same id and body again.
+batch acked, so its input offsets can be committed.
 """
 
 from __future__ import annotations
@@ -78,10 +75,6 @@ class Send:
     txn_id: TxnID
     attempt: int
     body: bytes
-    # Stored by an earlier step (a retry, a resend, a txn formed ahead): it may
-    # go on the wire as soon as that step's writes are durable, without waiting
-    # for this one's.
-    stored_earlier: bool = False
 
 
 @dataclass
@@ -201,11 +194,9 @@ def _apply(
         formed[command.txn.txn_id] = body
     elif isinstance(command, SendTxn):
         sent = formed.get(command.txn_id)
-        if sent is not None:
-            result.sends.append(Send(appservice_id, command.txn_id, command.attempt, sent))
-        else:
-            body = _stored_body(store, appservice_id, command.txn_id)
-            result.sends.append(Send(appservice_id, command.txn_id, command.attempt, body, stored_earlier=True))
+        if sent is None:
+            sent = _stored_body(store, appservice_id, command.txn_id)
+        result.sends.append(Send(appservice_id, command.txn_id, command.attempt, sent))
     elif isinstance(command, ScheduleRetry):
         result.delays.append(DelayRecord(command.txn_id, command.due_ms, command.attempt))
     elif isinstance(command, ForgetTxn):

@@ -22,13 +22,6 @@ Guarantees the transitions keep (and ``tests/unit/test_machine.py`` proves):
   once, alone; later ones go together, up to the per-kind limits;
 * while DOWN, new items are parked, not sent; on success the backlog drains in
   full transactions back to back;
-* draining a backlog, the transaction after the one just sent is formed
-  ahead (stored, not sent) when a full one remains, so that on the next
-  success it goes on the wire before the step that promotes it is durable:
-  its id and body already are. Only then: formed ahead on arrival, it would
-  miss items of other kinds arriving later and pack worse. At most one is
-  formed ahead; it is sent only after the one in flight succeeded, so ids
-  still reach the appservice in increasing order;
 * each input item is accepted once: an item whose source position
   (input partition, offset) was already applied is dropped, which makes
   Faust's at-least-once replays after a crash harmless.
@@ -122,8 +115,6 @@ class AppserviceState:
     queued: Counts = NO_ITEMS
     # Highest input offset applied, per input partition, sorted by partition.
     applied: tuple[tuple[int, int], ...] = ()
-    # The next transaction, formed and stored while ``inflight`` is on the wire.
-    ahead: Txn | None = None
 
     @property
     def backlog(self) -> int:
@@ -261,8 +252,6 @@ def _check(state: AppserviceState) -> None:
         raise InvariantBroken(f"phase {state.phase.name} with inflight {state.inflight}")
     if state.phase is Phase.IDLE and state.backlog:
         raise InvariantBroken(f"IDLE with {state.backlog} items queued")
-    if state.ahead is not None and (state.inflight is None or state.ahead.txn_id <= state.inflight.txn_id):
-        raise InvariantBroken(f"txn {state.ahead.txn_id} formed ahead of {state.inflight}")
     if state.phase is Phase.BACKING_OFF and state.retry_at_ms is None:
         raise InvariantBroken("BACKING_OFF without a retry time")
     if min(state.queued) < 0:
@@ -275,33 +264,19 @@ def _next_txn_id(state: AppserviceState, now_ms: int) -> int:
     return max(state.last_txn_id + 1, now_ms * 1000)
 
 
-def _take(state: AppserviceState, config: MachineConfig) -> Counts:
-    return counts([min(queued, limit) for queued, limit in zip(state.queued, config.max_per_kind, strict=True)])
-
-
-def _less(queued: Counts, taking: Counts) -> Counts:
-    return counts([q - took for q, took in zip(queued, taking, strict=True)])
-
-
 def _form_and_send(state: AppserviceState, now_ms: int, config: MachineConfig, out: Commands) -> AppserviceState:
-    taking = _take(state, config)
+    taking = counts([min(queued, limit) for queued, limit in zip(state.queued, config.max_per_kind, strict=True)])
     txn_id = TxnID(_next_txn_id(state, now_ms))
     txn = Txn(txn_id, taking)
     out.append(FormTxn(txn))
     out.append(SendTxn(txn_id, 0))
-    return replace(state, phase=Phase.SENDING, inflight=txn, last_txn_id=txn_id, queued=_less(state.queued, taking))
-
-
-def _form_ahead(state: AppserviceState, now_ms: int, config: MachineConfig, out: Commands) -> AppserviceState:
-    """Form the transaction after the one in flight, if a full one is parked (a backlog draining)."""
-    full = any(q >= limit for q, limit in zip(state.queued, config.max_per_kind, strict=True) if limit < UNLIMITED)
-    if state.inflight is None or state.ahead is not None or not full:
-        return state
-    taking = _take(state, config)
-    txn_id = TxnID(_next_txn_id(state, now_ms))
-    txn = Txn(txn_id, taking)
-    out.append(FormTxn(txn))
-    return replace(state, ahead=txn, last_txn_id=txn_id, queued=_less(state.queued, taking))
+    return replace(
+        state,
+        phase=Phase.SENDING,
+        inflight=txn,
+        last_txn_id=txn_id,
+        queued=counts([queued - took for queued, took in zip(state.queued, taking, strict=True)]),
+    )
 
 
 def _items_arrived(
@@ -333,12 +308,9 @@ def _succeeded(
         since = state.down_since_ms if state.down_since_ms is not None else now_ms
         out.append(CameUp(event.txn_id, max(0, now_ms - since)))
     state = replace(state, phase=Phase.IDLE, inflight=None, attempt=0, retry_at_ms=None, down_since_ms=None)
-    if state.ahead is not None:
-        out.append(SendTxn(state.ahead.txn_id, 0))
-        state = replace(state, phase=Phase.SENDING, inflight=state.ahead, ahead=None)
-    elif state.backlog:
+    if state.backlog:
         state = _form_and_send(state, now_ms, config, out)
-    return _form_ahead(state, now_ms, config, out)
+    return state
 
 
 def _failed(

@@ -55,12 +55,12 @@ def arrived(*offsets: int) -> ItemsArrived:
 Plan = list[Callable[[TxnID], list[Input]]]
 PLAN: Plan = [
     lambda txn: [arrived(0)],
-    lambda txn: [arrived(*range(1, 251))],  # enough that a success forms the next txn ahead
+    lambda txn: [arrived(*range(1, 151))],
     lambda txn: [TxnSucceeded(txn)],
     lambda txn: [TxnFailed(txn, "HTTP 500")],
-    lambda txn: [arrived(*range(251, 261))],
+    lambda txn: [arrived(*range(151, 161))],
     lambda txn: [RetryDue(txn)],
-    lambda txn: [TxnSucceeded(txn), arrived(261)],
+    lambda txn: [TxnSucceeded(txn), arrived(161)],
     lambda txn: [TxnSucceeded(txn)],
     lambda txn: [TxnSucceeded(txn)],
 ]
@@ -113,11 +113,11 @@ CASES = [(step, prefix) for step, count in enumerate(writes_of_each_step()) for 
 
 def test_without_a_crash_everything_is_delivered_in_order() -> None:
     delivered, store = drive(None)
-    assert delivered == list(range(262))
+    assert delivered == list(range(162))
     assert [k[:2] for k in store.data] == [b"s\x00"], "only the state is left once everything is delivered"
 
 
 @pytest.mark.parametrize("crash", CASES, ids=[f"step{s}-after-{p}-writes" for s, p in CASES])
 def test_a_crash_after_any_prefix_of_a_step_loses_and_reorders_nothing(crash: tuple[int, int]) -> None:
     delivered, _ = drive(crash)
-    assert delivered == list(range(262))
+    assert delivered == list(range(162))

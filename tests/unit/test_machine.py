@@ -184,46 +184,6 @@ def test_items_are_parked_while_down_and_drain_in_full_txns_after_success() -> N
     assert state.phase is Phase.IDLE and state.attempt == 0
 
 
-def test_draining_a_backlog_forms_the_next_full_txn_ahead_without_sending_it() -> None:
-    state, _ = run(AppserviceState(), items(0))
-    assert state.inflight is not None
-    state, _ = run(state, *[items(o) for o in range(1, 251)])
-    assert state.ahead is None, "nothing is formed ahead on arrival: later items of other kinds would miss it"
-    state, out = run(state, TxnSucceeded(state.inflight.txn_id))
-    assert formed(out) == [(100, 0, 0, 0), (100, 0, 0, 0)]
-    sent = [c for c in out if isinstance(c, SendTxn)]
-    assert state.inflight is not None and state.ahead is not None
-    assert sent == [SendTxn(state.inflight.txn_id, 0)], "the txn formed ahead is stored, not sent"
-    assert state.ahead.txn_id > state.inflight.txn_id
-    assert state.queued == (50, 0, 0, 0)
-
-
-def test_the_txn_formed_ahead_is_sent_on_success_and_the_rest_formed_as_usual() -> None:
-    state, _ = run(AppserviceState(), items(0))
-    assert state.inflight is not None
-    state, _ = run(state, *[items(o) for o in range(1, 251)], TxnSucceeded(state.inflight.txn_id))
-    assert state.inflight is not None and state.ahead is not None
-    ahead = state.ahead
-    state, out = run(state, TxnSucceeded(state.inflight.txn_id))
-    assert [c for c in out if isinstance(c, SendTxn)] == [SendTxn(ahead.txn_id, 0)]
-    assert formed(out) == [] and state.inflight == ahead and state.ahead is None, "50 left: not a full txn"
-    state, out = run(state, TxnSucceeded(ahead.txn_id))
-    assert formed(out) == [(50, 0, 0, 0)]
-
-
-def test_a_txn_formed_ahead_waits_through_failures_and_resumes() -> None:
-    state, _ = run(AppserviceState(), items(0))
-    assert state.inflight is not None
-    state, _ = run(state, *[items(o) for o in range(1, 251)], TxnSucceeded(state.inflight.txn_id))
-    assert state.inflight is not None and state.ahead is not None
-    inflight, ahead = state.inflight, state.ahead
-    state, out = run(state, TxnFailed(inflight.txn_id, "x"), Resume())
-    assert {c.txn_id for c in out if isinstance(c, (SendTxn, ScheduleRetry))} == {inflight.txn_id}
-    state, out = run(state, RetryDue(inflight.txn_id), now=NOW + 60_000)
-    assert [c for c in out if isinstance(c, SendTxn)] == [SendTxn(inflight.txn_id, 1)]
-    assert state.ahead == ahead
-
-
 def test_success_resets_the_backoff() -> None:
     state, _ = run(AppserviceState(), items(1))
     assert state.inflight is not None

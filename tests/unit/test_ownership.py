@@ -7,30 +7,36 @@ from types import SimpleNamespace
 from agents.ownership import Ownership
 
 
+def assigned_at(count: int) -> tuple[SimpleNamespace, Ownership]:
+    app = SimpleNamespace(rebalancing_count=count)
+    ownership = Ownership(app)
+    ownership.assigned()
+    return app, ownership
+
+
 def test_ownership_is_unbroken_while_no_rebalance_began() -> None:
-    app = SimpleNamespace(rebalancing=False, rebalancing_count=4)
-    ownership = Ownership(app)
-    epoch = ownership.epoch()
-    assert ownership.unbroken(epoch)
+    _, ownership = assigned_at(4)
+    assert ownership.unbroken(ownership.epoch())
 
 
-def test_a_rebalance_in_progress_breaks_ownership() -> None:
-    app = SimpleNamespace(rebalancing=False, rebalancing_count=4)
-    ownership = Ownership(app)
+def test_a_revocation_breaks_ownership_at_once() -> None:
+    app, ownership = assigned_at(4)
     epoch = ownership.epoch()
-    app.rebalancing, app.rebalancing_count = True, 5
+    app.rebalancing_count = 5  # partitions are being revoked
+    assert not ownership.unbroken(epoch)
+    assert ownership.epoch() is None, "nothing is owned for sure until the new assignment lands"
+
+
+def test_the_next_assignment_is_a_new_epoch_and_the_old_one_stays_broken() -> None:
+    app, ownership = assigned_at(4)
+    epoch = ownership.epoch()
+    app.rebalancing_count = 5
+    ownership.assigned()  # the partition may have moved away and back
+    assert ownership.epoch() == 5 and ownership.unbroken(5)
     assert not ownership.unbroken(epoch)
 
 
-def test_a_finished_rebalance_still_broke_ownership() -> None:
-    app = SimpleNamespace(rebalancing=False, rebalancing_count=4)
-    ownership = Ownership(app)
-    epoch = ownership.epoch()
-    app.rebalancing_count = 5  # revoked, reassigned, recovered: the partition may have moved and back
-    assert not ownership.unbroken(epoch)
-
-
-def test_nothing_is_owned_for_sure_during_a_rebalance() -> None:
-    ownership = Ownership(SimpleNamespace(rebalancing=True, rebalancing_count=5))
+def test_nothing_is_owned_before_the_first_assignment() -> None:
+    ownership = Ownership(SimpleNamespace(rebalancing_count=1))
     assert ownership.epoch() is None
     assert not ownership.unbroken(None)

@@ -76,10 +76,9 @@ def test_appservice_state_round_trip() -> None:
             attempt=2,
             retry_at_ms=99,
             down_since_ms=50,
-            last_txn_id=124,
+            last_txn_id=123,
             queued=(4, 5, 6, 7),
             applied=((0, 10), (3, 7)),
-            ahead=Txn(TxnID(124), (100, 0, 0, 0)),
         ),
         BacklogCursor((KindCursor(1, 2, 3), KindCursor(), KindCursor(0, 0, 9), KindCursor(4, 0, 5))),
     )
@@ -88,13 +87,7 @@ def test_appservice_state_round_trip() -> None:
 
 def test_appservice_state_golden_bytes() -> None:
     raw = encode_appservice(StoredAppservice(AppserviceState(), BacklogCursor()))
-    assert raw == b'\x01["idle",null,0,null,null,0,[0,0,0,0],[],[[0,0,0],[0,0,0],[0,0,0],[0,0,0]],null]'
-
-
-def test_a_state_stored_before_txns_were_formed_ahead_reads_as_none_ahead() -> None:
-    old = b'\x01["sending",[7,[1,0,0,0]],0,null,null,7,[0,0,0,0],[],[[0,0,0],[0,0,0],[0,0,0],[0,0,0]]]'
-    machine = decode_appservice(old).machine
-    assert machine.inflight == Txn(TxnID(7), (1, 0, 0, 0)) and machine.ahead is None
+    assert raw == b'\x01["idle",null,0,null,null,0,[0,0,0,0],[],[[0,0,0],[0,0,0],[0,0,0],[0,0,0]]]'
 
 
 def test_txn_golden_bytes_and_round_trip() -> None:
@@ -201,29 +194,6 @@ def test_a_retry_sends_exactly_the_stored_bytes() -> None:
 
     [retry] = run_step(AS, [RetryDue(first.txn_id)], store, now_ms=3000, config=CONFIG).sends
     assert (retry.txn_id, retry.body, retry.attempt) == (first.txn_id, first.body, 1)
-
-
-def test_a_send_formed_in_this_step_waits_for_it_and_a_stored_one_does_not() -> None:
-    store = DictStore()
-    [first] = run_step(AS, [arrived(1)], store, now_ms=1000, config=CONFIG).sends
-    assert not first.stored_earlier, "formed here: only durable once this step's writes are"
-    run_step(AS, [TxnFailed(first.txn_id, "x")], store, now_ms=1000, config=CONFIG)
-    from streams.machine import RetryDue
-
-    [retry] = run_step(AS, [RetryDue(first.txn_id)], store, now_ms=3000, config=CONFIG).sends
-    assert retry.stored_earlier, "a retry resends what an earlier step stored"
-
-
-def test_a_txn_formed_ahead_is_sent_as_stored_earlier_with_its_stored_body() -> None:
-    store = DictStore()
-    first = run_step(AS, [arrived(0)], store, now_ms=1000, config=CONFIG).sends[0]
-    run_step(AS, [arrived(*range(1, 251))], store, now_ms=1000, config=CONFIG)
-    [second] = run_step(AS, [TxnSucceeded(first.txn_id)], store, now_ms=2000, config=CONFIG).sends
-    ahead = decode_appservice(store.data[state_key(AS)]).machine.ahead
-    assert ahead is not None and txn_key(AS, ahead.txn_id) in store.data
-    [third] = run_step(AS, [TxnSucceeded(second.txn_id)], store, now_ms=3000, config=CONFIG).sends
-    assert (third.txn_id, third.stored_earlier) == (ahead.txn_id, True)
-    assert [e["o"] for e in orjson.loads(third.body)["events"]] == list(range(101, 201))
 
 
 def test_the_parked_backlog_survives_between_steps_and_drains_in_order() -> None:
