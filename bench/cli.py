@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     size.add_argument("--duration", type=float, help=f"latency/isolation: seconds of load (default {d.duration_s:g})")
     size.add_argument("--warmup", type=float, help=f"latency/isolation: seconds left out (default {d.warmup_s:g})")
+    size.add_argument(
+        "--isolation-rounds",
+        type=int,
+        help=f"isolation: hung runs, alternating with reference runs, medians compared (default {d.isolation_rounds})",
+    )
     size.add_argument("--catchup-events", type=int, help=f"catch-up: events parked (default {d.catchup_events:,})")
     size.add_argument(
         "--catchup-retry-unit-ms", type=int, help=f"catch-up: backoff unit (default {d.catchup_retry_unit_ms})"
@@ -85,6 +90,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         "low_rate": args.low_rate,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
+        "isolation_rounds": args.isolation_rounds,
         "catchup_events": args.catchup_events,
         "catchup_retry_unit_ms": args.catchup_retry_unit_ms,
         "recovery_events": args.recovery_events,

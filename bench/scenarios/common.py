@@ -36,6 +36,7 @@ class Sizes:
     memory_steps: int = 5
     memory_appservices: int = 8
     repeat: int = 1
+    isolation_rounds: int = 3  # at the main rate: hung runs alternating with reference runs, medians compared
 
 
 # Only checks that every scenario yields figures: sizes too small to judge a target by.
@@ -53,6 +54,7 @@ QUICK = Sizes(
     memory_events=1000,
     memory_steps=1,
     memory_appservices=4,
+    isolation_rounds=1,
 )
 
 # In quick mode nothing should take long: give up on a wait after at most this long.
