@@ -67,10 +67,6 @@ class Effects:
     delays: list[tuple[AppserviceID, DelayRecord]] = field(default_factory=list)
 
 
-class _NotOwned(Exception):
-    """A send's outcome whose partition this worker may no longer own."""
-
-
 # Settles one outcome of a send: (the send, what the appservice's answer means
 # for the machine, the ownership epoch the send was asked for in).
 Settle = Callable[[Send, Input, "int | None"], None]
@@ -262,24 +258,23 @@ def install(pipeline: Pipeline) -> Senders:
     loop_busy = False
 
     def settle(send: Send, result: Input, epoch: int | None) -> None:
-        try:
-            if epoch is None or not ownership.unbroken(epoch):
-                # A rebalance began since the step that asked for this send: the
-                # partition may be another worker's now, and only its owner may
-                # step the appservice.
-                raise _NotOwned
+        if ownership.unbroken(epoch):
             partition = inbox_partition(send.appservice_id)
-            end = app.consumer.highwater(TP(settings.inbox_topic, partition))
-            if settlement.arrived(partition, (send.appservice_id, result, epoch), end, now_ms()):
-                settle_soon([(send.appservice_id, result, epoch)])
-        except Exception as exc:
-            # Not ours to settle (any more), or the consumer could not say where
-            # the partition ends: the owner settles it from the inbox.
-            if not isinstance(exc, _NotOwned):
+            try:
+                end = app.consumer.highwater(TP(settings.inbox_topic, partition))
+            except Exception as exc:
                 log.warning(
-                    "settling txn %s of %s here failed (%r); through the inbox", send.txn_id, send.appservice_id, exc
+                    "no end offset for inbox partition %d (%r): txn %s through the inbox", partition, exc, send.txn_id
                 )
-            pipeline.background.spawn(report(pipeline, send.appservice_id, result), "report an outcome")
+            else:
+                if settlement.arrived(partition, (send.appservice_id, result, epoch), end, now_ms()):
+                    settle_soon([(send.appservice_id, result, epoch)])
+                return
+        # A rebalance began since the step that asked for this send (the
+        # partition may be another worker's now, and only its owner may step
+        # the appservice), or the consumer could not say where the partition
+        # ends: the owner settles it from the inbox.
+        pipeline.background.spawn(report(pipeline, send.appservice_id, result), "report an outcome")
 
     def settle_soon(outcomes: list[tuple[AppserviceID, Input, int]]) -> None:
         if not outcomes:

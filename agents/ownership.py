@@ -17,7 +17,7 @@ batches of every generation (the resumes among them) would look unowned.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 
 class Ownership:
@@ -34,6 +34,6 @@ class Ownership:
         count = int(self._app.rebalancing_count)
         return count if self._assigned_at == count else None
 
-    def unbroken(self, epoch: int | None) -> bool:
+    def unbroken(self, epoch: int | None) -> TypeGuard[int]:
         """Whether the partitions owned at ``epoch`` are still owned, with no rebalance since."""
         return epoch is not None and epoch == self.epoch()
