@@ -285,6 +285,8 @@ def install(pipeline: Pipeline) -> Senders:
 
     def step_unsettled(effects: Effects) -> None:
         """Step the outcomes free to settle, for partitions still owned; report the others through the inbox."""
+        if not unsettled:
+            return  # most batches: no work added to the loop's path
         taken = list(unsettled)
         unsettled.clear()
         by_appservice: dict[AppserviceID, list[Input]] = defaultdict(list)

@@ -80,11 +80,12 @@ def _bound_fetch_wait(app: Any, wait_ms: int) -> None:
     """Give the worker's consumer our ``fetch_max_wait_ms`` instead of Faust's hard-coded 1,500 ms.
 
     aiokafka keeps one fetch in flight per broker and leaves partitions with
-    buffered records out of it; a record arriving on such a partition (an
-    appservice's send outcome, say) waits until that fetch returns, which
-    with nothing else arriving is the full wait. Measured with 50
-    appservices at 2,000 events/s: outcome record → next PUT took 1.4 s
-    (p50), and latency was seconds at 58 % of one core.
+    buffered records out of it; a record arriving on such a partition (a
+    routed item, a retry timer) waits until that fetch returns, which with
+    nothing else arriving is the full wait. Measured with 50 appservices at
+    2,000 events/s, when send outcomes still came back through the inbox:
+    outcome record → next PUT took 1.4 s (p50), and latency was seconds at
+    58 % of one core.
     """
     thread = app.consumer._thread
     create = thread._create_worker_consumer

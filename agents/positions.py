@@ -21,10 +21,13 @@ Two guards close that hole:
   Replays at or below it are dropped. A jump past ``last + 1`` is checked
   against the log with a side consumer; gaps that hold no records
   (transaction markers, compaction) are accepted. If records were skipped,
-  ``GapDetected`` ends the worker at once without committing (exit code 70),
-  and the supervisor's restart resumes from the committed offset, which the
-  ack filter kept at or below the gap. (Seeking back in-process was tried:
-  with faust-streaming 0.15.3 the skipped records did not come back.)
+  the partition is sought back to the first of them and later records are
+  held (not admitted, not acked) until the re-read arrives; the seek is
+  made again after ``RESEEK_S`` (Faust's fetch loop can overwrite the read
+  offset with records fetched before the seek). If the re-read has not come
+  after ``REREAD_TIMEOUT_S``, ``GapDetected`` ends the worker without
+  committing (exit code 70), and the supervisor's restart resumes from the
+  committed offset, which the ack filter kept at or below the gap.
 """
 
 from __future__ import annotations
