@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from bench import procs
+from bench.baselines import READY
 from bench.profile import Profiler, categorize, top_frames
 from bench.results import ScenarioResult
 from bench.rig import Rig
@@ -91,6 +92,27 @@ class Context:
 
     def rig(self, label: str) -> Rig:
         return Rig(self.prefix, label, self.bootstrap, self.keep, self.source, quick=self.quick)
+
+
+def start_baseline_a(ctx: Context, rig: Rig) -> int:
+    """Start baseline (a), the bare confluent-kafka consumer, on ``rig``'s topic and sinks; its pid once ready.
+
+    Raises RuntimeError (with the end of its log) if it does not say it is ready within 60 s.
+    """
+    args = ["-m", "bench.baselines", "confluent", "--bootstrap", ctx.bootstrap, "--topic", rig.input_topic]
+    args += ["--group", rig.app_id, "--sink-base", f"http://127.0.0.1:{rig.sinks.port}"]
+    process = procs.spawn(args, log_path=rig.root / "baseline.log")
+    rig.others.append(process)
+    wait_ready_line(ctx, rig, "baseline.log")
+    return process.pid
+
+
+def wait_ready_line(ctx: Context, rig: Rig, log: str, timeout_s: float = 60.0) -> None:
+    """Wait until a baseline's log says it is ready; RuntimeError with the log's end if not within ``timeout_s``."""
+    path = rig.root / log
+    timeout_s = ctx.patience(timeout_s)
+    if not rig.wait_until(lambda: path.exists() and READY in path.read_text(errors="replace"), timeout_s, 0.05):
+        raise RuntimeError(f"baseline not ready after {timeout_s} s: {path.read_text(errors='replace')[-2000:]}")
 
 
 T = TypeVar("T")

@@ -24,6 +24,7 @@ from bench.scenarios.common import (
     duplicates_and_missing,
     finish_profile,
     names,
+    start_baseline_a,
     start_profile,
 )
 from bench.scenarios.common import samples as to_samples
@@ -49,20 +50,26 @@ class Measured:
 
 
 def measure(
-    ctx: Context, sizes: Sizes, label: str, hung: str | None = None, result: ScenarioResult | None = None
+    ctx: Context,
+    sizes: Sizes,
+    label: str,
+    hung: str | None = None,
+    result: ScenarioResult | None = None,
+    baseline: bool = False,
 ) -> Measured:
+    """One run at ``sizes.rate``: through one worker, or through baseline (a) if ``baseline``."""
     with ctx.rig(label) as rig:
         appservices = rig.start_sinks(names("as", sizes.appservices), {hung: "hang"} if hung else None)
         measured = [a for a in appservices if a != hung]
-        (worker,) = rig.start_workers(1)
+        pid = start_baseline_a(ctx, rig) if baseline else rig.start_workers(1)[0].pid
         generator = rig.generator(linger_ms=1)
         ctx.turn()
         from bench.progress import Progress
 
         offered_total = max(1, int(sizes.rate * sizes.duration_s))
         progress = Progress(f"{label}: offering {sizes.rate:,.0f}/s", offered_total, "ev")
-        profiler = start_profile(ctx, worker.pid, label) if result is not None else None
-        meter = CpuMeter([worker.pid, rig.sinks.pid()])
+        profiler = start_profile(ctx, pid, label) if result is not None else None
+        meter = CpuMeter([pid, rig.sinks.pid()])
         generator.paced(appservices, sizes.rate, sizes.duration_s, progress=progress.update)
         progress.close()
         if result is not None:
@@ -131,6 +138,7 @@ def run(ctx: Context, sizes: Sizes) -> ScenarioResult:
     result.add(f"p99 produce→appservice {at}", None if s is None else s.p99, "ms", Target(TARGET_P99_MS, "<="))
     _add_common(result, m)
     result.series["latency"] = m.series
+    _add_baseline(ctx, sizes, result, m)
     if sizes.low_rate:
         low = measure(ctx, _low(sizes), "latency-low")
         at_low = f"at {sizes.low_rate:,.0f}/s"
@@ -140,7 +148,29 @@ def run(ctx: Context, sizes: Sizes) -> ScenarioResult:
         result.add(f"events per txn {at_low}", low.events_per_txn, "events")
         result.add(f"worker CPU {at_low}", low.worker_cores, "cores")
         result.series[f"latency {at_low}"] = low.series
+        _add_baseline(ctx, _low(sizes), result, low)
     return result
+
+
+def _add_baseline(ctx: Context, sizes: Sizes, result: ScenarioResult, worker: Measured) -> None:
+    """Baseline (a) at the same rate: the latency this job has in Python here without state or Faust.
+
+    It sends each appservice's queued events as soon as its previous PUT
+    returned, as the worker does, but stores nothing and commits
+    automatically, so a crash loses or repeats events: the floor under the
+    worker's figure, not a rival to it.
+    """
+    at = f"at {sizes.rate:,.0f}/s"
+    base = measure(ctx, sizes, f"latency-baseline-{sizes.rate:.0f}", baseline=True)
+    b = base.summary
+    result.add(f"baseline (a) p50 {at}", None if b is None else b.p50, "ms", note="bare confluent-kafka, no state")
+    result.add(f"baseline (a) p99 {at}", None if b is None else b.p99, "ms")
+    result.add(f"baseline (a) events per txn {at}", base.events_per_txn, "events")
+    result.add(f"baseline (a) CPU {at}", base.worker_cores, "cores")
+    w = worker.summary
+    ratio = None if b is None or w is None or not b.p50 else w.p50 / b.p50
+    result.add(f"worker p50 / baseline (a) p50 {at}", ratio, "x")
+    result.series[f"baseline (a) {at}"] = base.series
 
 
 def _p(m: Measured, q: str) -> float | None:

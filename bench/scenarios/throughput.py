@@ -17,11 +17,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench import procs
-from bench.baselines import READY, faust_result
+from bench.baselines import faust_result
 from bench.progress import Progress
 from bench.results import ScenarioResult, Target
 from bench.rig import Rig
-from bench.scenarios.common import Context, CpuMeter, Sizes, finish_profile, in_turns, names, start_profile
+from bench.scenarios.common import (
+    Context,
+    CpuMeter,
+    Sizes,
+    finish_profile,
+    in_turns,
+    names,
+    start_baseline_a,
+    start_profile,
+    wait_ready_line,
+)
 from bench.stats import median, overall_rate, steady_rate
 
 TARGET_EVENTS_S = 10_000.0
@@ -79,31 +89,20 @@ def worker_run(ctx: Context, sizes: Sizes, workers: int, label: str, result: Sce
         return Run(rate, overall, delivered, per_txn, sum(cores[:-1]) / workers, cores[-1], max(peaks))
 
 
-def _wait_ready_line(ctx: Context, rig: Rig, log: str, timeout_s: float = 60.0) -> None:
-    path = rig.root / log
-    timeout_s = ctx.patience(timeout_s)
-    if not rig.wait_until(lambda: path.exists() and READY in path.read_text(errors="replace"), timeout_s, 0.05):
-        raise RuntimeError(f"baseline not ready after {timeout_s} s: {path.read_text(errors='replace')[-2000:]}")
-
-
 def confluent_run(ctx: Context, sizes: Sizes, label: str) -> Run:
     with ctx.rig(label) as rig:
         appservices = rig.start_sinks(names("as", sizes.appservices))
-        args = ["-m", "bench.baselines", "confluent", "--bootstrap", ctx.bootstrap, "--topic", rig.input_topic]
-        args += ["--group", rig.app_id, "--sink-base", f"http://127.0.0.1:{rig.sinks.port}"]
-        process = procs.spawn(args, log_path=rig.root / "baseline.log")
-        rig.others.append(process)
-        _wait_ready_line(ctx, rig, "baseline.log")
+        pid = start_baseline_a(ctx, rig)
         generator = rig.generator(linger_ms=5)
         ctx.turn()
-        meter = CpuMeter([process.pid, rig.sinks.pid()])
+        meter = CpuMeter([pid, rig.sinks.pid()])
         generator.bulk(appservices, sizes.throughput_events)
         delivered = rig.wait_delivered(
             sizes.throughput_events, _timeout_s(ctx, sizes.throughput_events), "baseline (a)", stall_s=_stall_s(ctx)
         )
         cores = meter.stop()
         rate, overall, per_txn = _sink_rates(rig, sizes.throughput_events, generator.stats.started_ns)
-        return Run(rate, overall, delivered, per_txn, cores[0], cores[1], procs.peak_rss_mb(process.pid))
+        return Run(rate, overall, delivered, per_txn, cores[0], cores[1], procs.peak_rss_mb(pid))
 
 
 def faust_run(ctx: Context, sizes: Sizes, label: str) -> Run:
@@ -119,7 +118,7 @@ def faust_run(ctx: Context, sizes: Sizes, label: str) -> Run:
         args += ["--data-dir", str(rig.root / "faust-data")]  # not the current directory: close removes it
         process = procs.spawn(args, log_path=rig.root / "baseline.log")
         rig.others.append(process)
-        _wait_ready_line(ctx, rig, "baseline.log")
+        wait_ready_line(ctx, rig, "baseline.log")
         generator = rig.generator(linger_ms=5)
         ctx.turn()
         meter = CpuMeter([process.pid])
