@@ -146,7 +146,7 @@ def install(pipeline: Pipeline) -> Senders:
     settings = pipeline.settings
     app = pipeline.app
     config = MachineConfig(unit_ms=settings.retry_unit_ms)
-    store = TableStore(pipeline.appservices)
+    store = TableStore(pipeline.appservices, pipeline.changelog)
 
     async def seek(partition: int, offset: int) -> None:
         await app.consumer.seek(TP(settings.inbox_topic, partition), offset)

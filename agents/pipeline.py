@@ -26,6 +26,7 @@ import faust
 
 from agents.appservice_http import AppserviceClient
 from agents.background import BackgroundTasks
+from agents.changelog_producer import ChangelogProducer
 from agents.positions import AckFilter
 from streams.interest import Interest
 from streams.matrix import AppserviceID
@@ -62,6 +63,7 @@ class Pipeline:
     appservices: Any
     client: AppserviceClient
     acks: AckFilter
+    changelog: ChangelogProducer
     background: BackgroundTasks = field(default_factory=BackgroundTasks)
 
     async def to_dead_letter(self, event: Any, reason: str) -> None:
@@ -149,6 +151,7 @@ def create_pipeline(settings: Settings, registrations: tuple[Registration, ...])
             legacy_authorization=settings.legacy_authorization,
         ),
         acks=AckFilter(app),
+        changelog=ChangelogProducer(settings.bootstrap_servers),
     )
     # Imported here: each module registers its agent on the app it is given.
     from agents import delayer, deliverer, router
@@ -195,5 +198,8 @@ def create_pipeline(settings: Settings, registrations: tuple[Registration, ...])
         await senders.stop()
         await pipeline.background.stop()
         await pipeline.client.stop()
+        # Records still queued are delivered; a step written after this never
+        # has its acknowledgement, so its inputs are not acked (replayed).
+        await asyncio.to_thread(pipeline.changelog.close)
 
     return pipeline

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
+from agents.changelog_producer import Record
 from agents.table_store import TableStore, in_partition
 
 
@@ -19,29 +21,29 @@ class Data(dict[bytes, bytes]):
 
 
 class Producer:
-    """Hands out one future per record; the test decides when Kafka acknowledges."""
+    """Hands out one future per group of records; the test decides when Kafka acknowledges."""
 
     def __init__(self) -> None:
-        self.records: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self.groups: list[tuple[list[bytes], asyncio.Future[dict[int, int]]]] = []
 
-    async def send(self, topic: str, key: bytes, value: bytes | None, partition: int, *_: Any) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.records.append((key, future))
+    def produce(self, topic: str, records: Sequence[Record]) -> asyncio.Future[dict[int, int]]:
+        future: asyncio.Future[dict[int, int]] = asyncio.get_running_loop().create_future()
+        self.groups.append(([key for _, key, _ in records], future))
         return future
 
     def acknowledge(self, index: int) -> None:
-        self.records[index][1].set_result(SimpleNamespace(partition=0, offset=index))
+        self.groups[index][1].set_result({0: index})
 
 
-def table() -> tuple[Any, Producer]:
+def table() -> tuple[Any, TableStore, Producer]:
     producer = Producer()
     changelog = SimpleNamespace(get_topic_name=lambda: "app-appservices-changelog")
-    return SimpleNamespace(data=Data(), changelog_topic=changelog, app=SimpleNamespace(producer=producer)), producer
+    faust_table = SimpleNamespace(data=Data(), changelog_topic=changelog)
+    return faust_table, TableStore(faust_table, producer), producer  # type: ignore[arg-type]
 
 
 async def test_a_hand_over_is_acknowledged_only_after_every_earlier_one() -> None:
-    faust_table, producer = table()
-    store = TableStore(faust_table)
+    faust_table, store, producer = table()
     with in_partition(0):
         store.put(b"a", b"1")
     await store.produce()
@@ -57,11 +59,10 @@ async def test_a_hand_over_is_acknowledged_only_after_every_earlier_one() -> Non
 
 
 async def test_records_reach_the_producer_in_the_order_they_were_written() -> None:
-    faust_table, producer = table()
-    store = TableStore(faust_table)
+    _, store, producer = table()
     with in_partition(0):
         store.put(b"t", b"body")
         store.put(b"s", b"state")
         store.delete(b"t")
     await store.produce()
-    assert [key for key, _ in producer.records] == [b"t", b"s", b"t"]
+    assert [keys for keys, _ in producer.groups] == [[b"t", b"s", b"t"]]

@@ -1,0 +1,140 @@
+"""The changelog's producer: confluent-kafka, with one awaitable acknowledgement per group of records.
+
+The deliverer writes several changelog records per transaction (state,
+stored txn, backlog chunks, deletes) and waits for Kafka to acknowledge them
+before it sends. Through Faust's producer (aiokafka, pure Python) each record
+cost ~0.1 ms of the worker's one interpreter in accumulating, request
+building and future resolution: a sixth of its CPU at 2,000 events/s.
+librdkafka does that in C, on its own threads.
+
+``produce(topic, records)`` queues a group of records and returns a future
+for all of them: it resolves, on the event loop, to each partition's last
+acknowledged offset, or to the first delivery error. A poll thread serves
+the delivery reports; the loop is woken once per group, not per record.
+Records keep their order per partition (idempotent producer, ``acks=all``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Sequence
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.1
+FLUSH_TIMEOUT_S = 10.0
+
+Record = tuple[int, bytes, bytes | None]  # partition, key, value (None: a tombstone)
+
+
+class ChangelogDeliveryError(Exception):
+    """Kafka refused a changelog record: the state it carries is not durable."""
+
+
+class DeliveryGroup:
+    """Counts a group's delivery reports down (on the poll thread) and settles its future once."""
+
+    __slots__ = ("_error", "_future", "_loop", "_offsets", "_remaining")
+
+    def __init__(self, count: int, future: asyncio.Future[dict[int, int]], loop: asyncio.AbstractEventLoop) -> None:
+        self._remaining = count
+        self._future = future
+        self._loop = loop
+        self._offsets: dict[int, int] = {}
+        self._error: str | None = None
+
+    def delivered(self, error: KafkaError | None, message: Message) -> None:
+        partition = message.partition()
+        if error is not None:
+            if self._error is None:
+                self._error = f"{message.topic()}[{partition}]: {error}"
+        else:
+            offset = message.offset()
+            if partition is not None and offset is not None and offset > self._offsets.get(partition, -1):
+                self._offsets[partition] = offset
+        self._remaining -= 1
+        if self._remaining == 0:
+            self._loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        if self._future.done():  # cancelled by its waiter
+            return
+        if self._error is not None:
+            self._future.set_exception(ChangelogDeliveryError(self._error))
+        else:
+            self._future.set_result(self._offsets)
+
+
+class ChangelogProducer:
+    """Connects on the first ``produce`` (building the worker's pipeline does no I/O)."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._producer: Producer | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _started(self) -> Producer:
+        if self._producer is not None:
+            return self._producer
+        producer = self._producer = Producer(
+            {
+                "bootstrap.servers": self._bootstrap_servers,
+                "acks": "all",
+                "enable.idempotence": True,
+                # A record waits for no batch-mate: batches form by themselves
+                # while earlier requests are in flight.
+                "linger.ms": 0,
+            }
+        )
+        self._thread = threading.Thread(
+            target=self._serve_reports, args=(producer,), name="changelog-producer", daemon=True
+        )
+        self._thread.start()
+        return producer
+
+    def produce(self, topic: str, records: Sequence[Record]) -> asyncio.Future[dict[int, int]]:
+        """Queue ``records`` in order; the future resolves to ``{partition: last offset}`` once all are acked.
+
+        Raises:
+            BufferError: librdkafka's local queue is full (nothing of the group
+                was queued if the first record was refused; a caller must treat
+                the group as not durable either way).
+            ChangelogDeliveryError: (from the future) a record was refused.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[int, int]] = loop.create_future()
+        if not records:
+            future.set_result({})
+            return future
+        producer = self._started()
+        group = DeliveryGroup(len(records), future, loop)
+        for partition, key, value in records:
+            producer.produce(topic, value=value, key=key, partition=partition, on_delivery=group.delivered)
+        return future
+
+    def _serve_reports(self, producer: Producer) -> None:
+        while not self._stopping.is_set():
+            producer.poll(POLL_S)
+
+    def close(self) -> None:
+        """Deliver what is queued (up to FLUSH_TIMEOUT_S) and stop the poll thread."""
+        if self._producer is None or self._thread is None:
+            return
+        self._stopping.set()
+        self._thread.join()
+        try:
+            remaining = self._producer.flush(FLUSH_TIMEOUT_S)
+        except KafkaException as exc:
+            log.warning("changelog producer: flush at shutdown failed: %s", exc)
+            return
+        if remaining:
+            # Their groups' futures never resolve; nothing waiting on them acked its inputs.
+            log.warning("changelog producer: %d records not acknowledged at shutdown", remaining)
+
+
+__all__ = ["ChangelogDeliveryError", "ChangelogProducer", "DeliveryGroup", "Record"]
