@@ -24,7 +24,7 @@ import asyncio
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,9 @@ from streams.matrix import AppserviceID
 from streams.outcome import as_input
 from streams.records import DelayRecord, decode_inbox_record, encode_delay, encode_outcome
 from streams.settlement import MAX_WAIT_MS, Settlement
+
+# A send's outcome as settled in-process: the appservice, the machine input, the epoch of its step.
+Outcome = tuple[AppserviceID, Input, int]
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +197,13 @@ def install(pipeline: Pipeline) -> Senders:
             else:
                 log.debug("appservice %s: %s", appservice_id, notice.reason)
 
-    def step_partition(events: list[Any], effects: Effects) -> None:
+    def step_partition(events: list[Any], effects: Effects, outcomes: list[Outcome]) -> None:
+        """Step the partition's records, each appservice's settled ``outcomes`` after its records.
+
+        One step per appservice for both: items that arrived while its txn was
+        in flight and that txn's outcome form the next txn at once, so they are
+        never written as a backlog chunk, and the state is read and written once.
+        """
         by_appservice: dict[AppserviceID, list[Input]] = defaultdict(list)
         jitter = random.random()
         for event in events:
@@ -206,6 +215,8 @@ def install(pipeline: Pipeline) -> Senders:
             for appservice_id, input_ in decoded:
                 check_partition(appservice_id, event.message.partition)
                 by_appservice[appservice_id].append(input_)
+        for appservice_id, result in owned(outcomes):
+            by_appservice[appservice_id].append(result)
         now = now_ms()
         for appservice_id, inputs in by_appservice.items():
             step_appservice(appservice_id, inputs, now, effects)
@@ -253,9 +264,26 @@ def install(pipeline: Pipeline) -> Senders:
     # stepped what their inbox partition held when they came (see
     # streams.settlement), then in ``unsettled`` for the next step: the
     # loop's, after its batch, or a task's when the loop is waiting for records.
-    settlement: Settlement[tuple[AppserviceID, Input, int]] = Settlement()
-    unsettled: list[tuple[AppserviceID, Input, int]] = []
+    settlement: Settlement[Outcome] = Settlement()
+    unsettled: list[Outcome] = []
     loop_busy = False
+
+    def owned(outcomes: list[Outcome]) -> Iterator[tuple[AppserviceID, Input]]:
+        """The outcomes whose send's step still holds ownership; the others go through the inbox."""
+        for appservice_id, result, epoch in outcomes:
+            if ownership.unbroken(epoch):
+                yield appservice_id, result
+            else:
+                pipeline.background.spawn(report(pipeline, appservice_id, result), "report an outcome")
+
+    def take_unsettled(partition: int) -> list[Outcome]:
+        """The outcomes free to settle whose appservice's inbox partition is ``partition``, taken out."""
+        if not unsettled:
+            return []
+        taken = [o for o in unsettled if inbox_partition(o[0]) == partition]
+        if taken:
+            unsettled[:] = [o for o in unsettled if inbox_partition(o[0]) != partition]
+        return taken
 
     def settle(send: Send, result: Input, epoch: int | None) -> None:
         if ownership.unbroken(epoch):
@@ -276,7 +304,7 @@ def install(pipeline: Pipeline) -> Senders:
         # ends: the owner settles it from the inbox.
         pipeline.background.spawn(report(pipeline, send.appservice_id, result), "report an outcome")
 
-    def settle_soon(outcomes: list[tuple[AppserviceID, Input, int]]) -> None:
+    def settle_soon(outcomes: list[Outcome]) -> None:
         if not outcomes:
             return
         unsettled.extend(outcomes)
@@ -290,11 +318,8 @@ def install(pipeline: Pipeline) -> Senders:
         taken = list(unsettled)
         unsettled.clear()
         by_appservice: dict[AppserviceID, list[Input]] = defaultdict(list)
-        for appservice_id, result, epoch in taken:
-            if ownership.unbroken(epoch):
-                by_appservice[appservice_id].append(result)
-            else:
-                pipeline.background.spawn(report(pipeline, appservice_id, result), "report an outcome")
+        for appservice_id, result in owned(taken):
+            by_appservice[appservice_id].append(result)
         now = now_ms()
         for appservice_id, inputs in by_appservice.items():
             with in_partition(inbox_partition(appservice_id)):
@@ -340,10 +365,12 @@ def install(pipeline: Pipeline) -> Senders:
                 with partition_of(events[-1]):
                     admitted, last, done = await guard.admit(events)
                     ackable.extend(done)
-                    step_partition(admitted, effects)
+                    # Outcomes free once these records are stepped are stepped with them.
+                    outcomes = take_unsettled(partition)
+                    if last is not None:
+                        outcomes.extend(settlement.stepped(partition, last))
+                    step_partition(admitted, effects, outcomes)
                     guard.advance(partition, last)  # after the step's writes
-                if last is not None:
-                    unsettled.extend(settlement.stepped(partition, last))
             if not ownership.unbroken(epoch):
                 epoch = None  # a rebalance began while admitting: the resume after it sends
             step_unsettled(effects)

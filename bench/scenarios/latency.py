@@ -47,6 +47,8 @@ class Measured:
     events_per_txn: float | None
     worker_cores: float
     sink_cores: float
+    changelog_per_txn: float | None = None
+    inbox_per_txn: float | None = None
 
 
 def measure(
@@ -61,7 +63,8 @@ def measure(
     with ctx.rig(label) as rig:
         appservices = rig.start_sinks(names("as", sizes.appservices), {hung: "hang"} if hung else None)
         measured = [a for a in appservices if a != hung]
-        pid = start_baseline_a(ctx, rig) if baseline else rig.start_workers(1)[0].pid
+        worker = None if baseline else rig.start_workers(1)[0]
+        pid = start_baseline_a(ctx, rig) if worker is None else worker.pid
         generator = rig.generator(linger_ms=1)
         ctx.turn()
         from bench.progress import Progress
@@ -87,6 +90,12 @@ def measure(
         requests = rig.sinks.requests()
         table = requests["names"]
         ok = sum(1 for s, i in zip(requests["status"], requests["as"], strict=True) if s == 200 and table[i] != hung)
+        txns = sum(1 for status in requests["status"] if status == 200)
+        # Records written per delivered txn: what the worker's CPU per txn is mostly spent on.
+        changelog = inbox = None
+        if worker is not None and txns:
+            changelog = rig.lag.high(f"{worker.app_id}-appservices-changelog") / txns
+            inbox = rig.lag.high(rig.inbox_topic(worker)) / txns
         return Measured(
             summary=summarize(after_warmup(got, sizes.warmup_s)),
             series=bin_series(got),
@@ -98,6 +107,8 @@ def measure(
             events_per_txn=len(got.seq) / ok if ok else None,
             worker_cores=cores[0],
             sink_cores=cores[1],
+            changelog_per_txn=changelog,
+            inbox_per_txn=inbox,
         )
 
 
@@ -123,6 +134,8 @@ def _add_common(result: ScenarioResult, m: Measured) -> None:
     result.add("events per txn", m.events_per_txn, "events")
     result.add("worker CPU", m.worker_cores, "cores")
     result.add("sink process CPU", m.sink_cores, "cores")
+    result.add("changelog records per txn", m.changelog_per_txn, "records")
+    result.add("inbox records per txn", m.inbox_per_txn, "records")
 
 
 def _low(sizes: Sizes) -> Sizes:
