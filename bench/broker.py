@@ -28,6 +28,15 @@ def ensure_running(bootstrap: str = BOOTSTRAP) -> None:
     LocalKafka(root=ROOT).start()
 
 
+def broker_pid(bootstrap: str = BOOTSTRAP) -> int | None:
+    """The local broker JVM's pid (to measure its CPU); None for another broker or when it is not ours."""
+    if bootstrap != BOOTSTRAP:
+        return None
+    from streams.local_kafka import LocalKafka
+
+    return LocalKafka(root=ROOT).status().pid
+
+
 def kafka_version() -> str:
     """The broker's version, from its jar name (or the pinned version in kafka/pom.xml)."""
     for jar in sorted((ROOT / ".kafka" / "libs").glob("kafka_2.13-*.jar")):

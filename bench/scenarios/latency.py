@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from bench.broker import broker_pid
 from bench.results import ScenarioResult, Target
 from bench.scenarios.common import (
     Context,
@@ -47,6 +48,7 @@ class Measured:
     events_per_txn: float | None
     worker_cores: float
     sink_cores: float
+    broker_cores: float | None = None
     changelog_per_txn: float | None = None
     inbox_per_txn: float | None = None
 
@@ -72,7 +74,9 @@ def measure(
         offered_total = max(1, int(sizes.rate * sizes.duration_s))
         progress = Progress(f"{label}: offering {sizes.rate:,.0f}/s", offered_total, "ev")
         profiler = start_profile(ctx, pid, label) if result is not None else None
-        meter = CpuMeter([pid, rig.sinks.pid()])
+        broker = broker_pid(ctx.bootstrap)
+        # The broker shares the machine's two cores: its CPU is part of each request's cost.
+        meter = CpuMeter([pid, rig.sinks.pid()] + ([broker] if broker is not None else []))
         generator.paced(appservices, sizes.rate, sizes.duration_s, progress=progress.update)
         progress.close()
         if result is not None:
@@ -107,6 +111,7 @@ def measure(
             events_per_txn=len(got.seq) / ok if ok else None,
             worker_cores=cores[0],
             sink_cores=cores[1],
+            broker_cores=cores[2] if broker is not None else None,
             changelog_per_txn=changelog,
             inbox_per_txn=inbox,
         )
@@ -134,6 +139,7 @@ def _add_common(result: ScenarioResult, m: Measured) -> None:
     result.add("events per txn", m.events_per_txn, "events")
     result.add("worker CPU", m.worker_cores, "cores")
     result.add("sink process CPU", m.sink_cores, "cores")
+    result.add("broker CPU", m.broker_cores, "cores")
     result.add("changelog records per txn", m.changelog_per_txn, "records")
     result.add("inbox records per txn", m.inbox_per_txn, "records")
 
@@ -160,6 +166,7 @@ def run(ctx: Context, sizes: Sizes) -> ScenarioResult:
         result.add(f"max {at_low}", None if low.summary is None else low.summary.max, "ms")
         result.add(f"events per txn {at_low}", low.events_per_txn, "events")
         result.add(f"worker CPU {at_low}", low.worker_cores, "cores")
+        result.add(f"broker CPU {at_low}", low.broker_cores, "cores")
         result.series[f"latency {at_low}"] = low.series
         _add_baseline(ctx, _low(sizes), result, low)
     return result
@@ -180,6 +187,7 @@ def _add_baseline(ctx: Context, sizes: Sizes, result: ScenarioResult, worker: Me
     result.add(f"baseline (a) p99 {at}", None if b is None else b.p99, "ms")
     result.add(f"baseline (a) events per txn {at}", base.events_per_txn, "events")
     result.add(f"baseline (a) CPU {at}", base.worker_cores, "cores")
+    result.add(f"baseline (a) broker CPU {at}", base.broker_cores, "cores")
     w = worker.summary
     ratio = None if b is None or w is None or not b.p50 else w.p50 / b.p50
     result.add(f"worker p50 / baseline (a) p50 {at}", ratio, "x")
