@@ -127,9 +127,9 @@ def _config(sizes: Sizes) -> dict[str, object]:
     }
 
 
-def _add_common(result: ScenarioResult, m: Measured) -> None:
+def _add_common(result: ScenarioResult, m: Measured, note: str = "") -> None:
     s = m.summary
-    result.add("max", None if s is None else s.max, "ms")
+    result.add("max", None if s is None else s.max, "ms", note=note)
     result.add("mean", None if s is None else s.mean, "ms")
     result.add("samples (after warm-up)", None if s is None else s.count, "events")
     result.add("offered rate achieved", m.achieved_rate, "events/s")
@@ -205,27 +205,31 @@ def _isolation_point(ctx: Context, sizes: Sizes, result: ScenarioResult, label: 
     each moves a lot between runs on a shared machine (270-920 ms here), so
     one of each gives a ratio anywhere from 0.5 to 1.8. Alternating spreads
     the machine's drift over both sides. Scenario latency's run of this
-    invocation, if any, is the first reference.
+    invocation, if any, is the first reference. ``max``, ``mean`` and the
+    other rows of ``_add_common`` are the first hung run's.
     """
     at = f"at {sizes.rate:,.0f}/s"
-    # Only now: in quick mode this scenario's set-up ran alongside scenario latency.
-    reference = ctx.results.get("latency")
+    hung: list[Measured] = []
     ref_p50s: list[float] = []
     ref_p99s: list[float] = []
-    if reference is not None:
-        p99 = reference.value(f"p99 produce→appservice {at}") or reference.value(f"p99 {at}")
-        p50 = reference.value(f"p50 produce→appservice {at}") or reference.value(f"p50 {at}")
-        if p99 is not None and p50 is not None:
-            ref_p50s.append(p50)
-            ref_p99s.append(p99)
-    hung: list[Measured] = []
+    reference = None
     for round_ in range(rounds):
+        hung.append(measure(ctx, sizes, label if round_ == 0 else f"{label}{round_ + 1}", hung="as0"))
+        if round_ == 0:
+            # Only after a measurement, when this task's turn came: in quick mode
+            # its set-up ran alongside scenario latency's, before its figures existed.
+            reference = ctx.results.get("latency")
+            if reference is not None:
+                p99 = reference.value(f"p99 produce→appservice {at}") or reference.value(f"p99 {at}")
+                p50 = reference.value(f"p50 produce→appservice {at}") or reference.value(f"p50 {at}")
+                if p99 is not None and p50 is not None:
+                    ref_p50s.append(p50)
+                    ref_p99s.append(p99)
         if len(ref_p99s) <= round_:
             ref = measure(ctx, sizes, f"{label}-reference{round_ + 1}")
             if ref.summary is not None:
                 ref_p50s.append(ref.summary.p50)
                 ref_p99s.append(ref.summary.p99)
-        hung.append(measure(ctx, sizes, label if round_ == 0 else f"{label}{round_ + 1}", hung="as0"))
     result.config[f"reference {at}"] = f"{len(ref_p99s)} runs without a hung appservice" + (
         ", the first scenario latency's of this invocation" if reference is not None else ""
     )
@@ -249,7 +253,7 @@ def _isolation_point(ctx: Context, sizes: Sizes, result: ScenarioResult, label: 
 def run_isolation(ctx: Context, sizes: Sizes) -> ScenarioResult:
     result = ScenarioResult("isolation", config={**_config(sizes), "hung_appservice": "as0"})
     m = _isolation_point(ctx, sizes, result, "isolation", rounds=max(1, sizes.isolation_rounds))
-    _add_common(result, m)
+    _add_common(result, m, "first hung run" if sizes.isolation_rounds > 1 else "")
     result.series["isolation"] = m.series
     if sizes.low_rate:
         low = _isolation_point(ctx, _low(sizes), result, "isolation-low")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from agents.topics import delete_prefixed
 from streams.local_kafka import LocalKafka
 
 pytestmark = pytest.mark.integration
@@ -35,13 +37,14 @@ Log = dict[int, list[tuple[int, bytes, bytes]]]
 
 
 @pytest.fixture
-def topic(kafka: LocalKafka) -> str:
-    """A fresh topic with ``PARTITIONS`` partitions, unique to this test run."""
+def topic(kafka: LocalKafka) -> Iterator[str]:
+    """A fresh topic with ``PARTITIONS`` partitions, unique to this test run, deleted after it."""
     name = f"test-local-kafka-{uuid.uuid4().hex[:12]}"
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
     futures = admin.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)])
     futures[name].result(timeout=30)
-    return name
+    yield name
+    delete_prefixed(kafka.bootstrap, (name,))
 
 
 def _produce_with_confluent(bootstrap: str, topic: str) -> Log:
