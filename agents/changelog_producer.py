@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,35 @@ class DeliveryGroup:
             self._future.set_result(self._offsets)
 
 
-class ChangelogProducer:
-    """Connects on the first ``produce`` (building the worker's pipeline does no I/O)."""
+def _confluent_producer(bootstrap_servers: str) -> Producer:
+    return Producer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "acks": "all",
+            "enable.idempotence": True,
+            # A record waits for no batch-mate: batches form by themselves
+            # while earlier requests are in flight. (2 ms measured no better.)
+            "linger.ms": 0,
+        }
+    )
 
-    def __init__(self, bootstrap_servers: str) -> None:
+
+class ChangelogProducer:
+    """Connects on the first ``produce`` (building the worker's pipeline does no I/O).
+
+    ``on_fatal(exc, where)`` is called if the poll thread fails: without it no
+    acknowledgement would ever come and the deliverer would wait silently.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        on_fatal: Callable[[BaseException, str], None],
+        create: Callable[[str], Producer] = _confluent_producer,
+    ) -> None:
         self._bootstrap_servers = bootstrap_servers
+        self._on_fatal = on_fatal
+        self._create = create
         self._producer: Producer | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -81,16 +105,7 @@ class ChangelogProducer:
     def _started(self) -> Producer:
         if self._producer is not None:
             return self._producer
-        producer = self._producer = Producer(
-            {
-                "bootstrap.servers": self._bootstrap_servers,
-                "acks": "all",
-                "enable.idempotence": True,
-                # A record waits for no batch-mate: batches form by themselves
-                # while earlier requests are in flight.
-                "linger.ms": 0,
-            }
-        )
+        producer = self._producer = self._create(self._bootstrap_servers)
         self._thread = threading.Thread(
             target=self._serve_reports, args=(producer,), name="changelog-producer", daemon=True
         )
@@ -100,14 +115,23 @@ class ChangelogProducer:
     def produce(self, topic: str, records: Sequence[Record]) -> asyncio.Future[dict[int, int]]:
         """Queue ``records`` in order; the future resolves to ``{partition: last offset}`` once all are acked.
 
+        After ``close`` the future is cancelled at once: nothing waiting on it
+        may ack its inputs, and they are replayed by the next owner.
+
         Raises:
-            BufferError: librdkafka's local queue is full (nothing of the group
-                was queued if the first record was refused; a caller must treat
-                the group as not durable either way).
+            BufferError: librdkafka's local queue is full (100,000 records: the
+                broker has not taken any for a long while; a caller must treat
+                the group as not durable).
+            KafkaException: a record librdkafka refuses on the spot (over
+                ``message.max.bytes``, say).
             ChangelogDeliveryError: (from the future) a record was refused.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[dict[int, int]] = loop.create_future()
+        if self._stopping.is_set():
+            log.debug("changelog producer closed: %d records not produced", len(records))
+            future.cancel()
+            return future
         if not records:
             future.set_result({})
             return future
@@ -118,8 +142,11 @@ class ChangelogProducer:
         return future
 
     def _serve_reports(self, producer: Producer) -> None:
-        while not self._stopping.is_set():
-            producer.poll(POLL_S)
+        try:
+            while not self._stopping.is_set():
+                producer.poll(POLL_S)  # raises what a delivery callback raised
+        except BaseException as exc:
+            self._on_fatal(exc, "changelog producer")
 
     def close(self) -> None:
         """Deliver what is queued (up to FLUSH_TIMEOUT_S) and stop the poll thread."""
@@ -129,8 +156,8 @@ class ChangelogProducer:
         self._thread.join()
         try:
             remaining = self._producer.flush(FLUSH_TIMEOUT_S)
-        except KafkaException as exc:
-            log.warning("changelog producer: flush at shutdown failed: %s", exc)
+        except Exception as exc:  # KafkaException, or what a delivery callback raised
+            log.warning("changelog producer: flush at shutdown failed: %r", exc)
             return
         if remaining:
             # Their groups' futures never resolve; nothing waiting on them acked its inputs.

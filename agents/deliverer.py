@@ -24,7 +24,7 @@ import asyncio
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,7 +215,7 @@ def install(pipeline: Pipeline) -> Senders:
             for appservice_id, input_ in decoded:
                 check_partition(appservice_id, event.message.partition)
                 by_appservice[appservice_id].append(input_)
-        for appservice_id, result in owned(outcomes):
+        for appservice_id, result in owned_else_report(outcomes):
             by_appservice[appservice_id].append(result)
         now = now_ms()
         for appservice_id, inputs in by_appservice.items():
@@ -262,19 +262,24 @@ def install(pipeline: Pipeline) -> Senders:
 
     # Outcomes settled here wait in ``settlement`` until the deliverer has
     # stepped what their inbox partition held when they came (see
-    # streams.settlement), then in ``unsettled`` for the next step: the
-    # loop's, after its batch, or a task's when the loop is waiting for records.
+    # streams.settlement). Those freed by a batch are stepped with that
+    # batch's records of their partition; those free on arrival or overdue
+    # wait in ``unsettled`` for the next step: with their partition's records
+    # in the loop's next batch, after it, or in a task's when the loop is
+    # waiting for records.
     settlement: Settlement[Outcome] = Settlement()
     unsettled: list[Outcome] = []
     loop_busy = False
 
-    def owned(outcomes: list[Outcome]) -> Iterator[tuple[AppserviceID, Input]]:
-        """The outcomes whose send's step still holds ownership; the others go through the inbox."""
+    def owned_else_report(outcomes: list[Outcome]) -> list[tuple[AppserviceID, Input]]:
+        """The outcomes whose send's step still holds ownership; the others are sent through the inbox."""
+        kept = []
         for appservice_id, result, epoch in outcomes:
             if ownership.unbroken(epoch):
-                yield appservice_id, result
+                kept.append((appservice_id, result))
             else:
                 pipeline.background.spawn(report(pipeline, appservice_id, result), "report an outcome")
+        return kept
 
     def take_unsettled(partition: int) -> list[Outcome]:
         """The outcomes free to settle whose appservice's inbox partition is ``partition``, taken out."""
@@ -318,7 +323,7 @@ def install(pipeline: Pipeline) -> Senders:
         taken = list(unsettled)
         unsettled.clear()
         by_appservice: dict[AppserviceID, list[Input]] = defaultdict(list)
-        for appservice_id, result in owned(taken):
+        for appservice_id, result in owned_else_report(taken):
             by_appservice[appservice_id].append(result)
         now = now_ms()
         for appservice_id, inputs in by_appservice.items():

@@ -27,6 +27,7 @@ import faust
 from agents.appservice_http import AppserviceClient
 from agents.background import BackgroundTasks
 from agents.changelog_producer import ChangelogProducer
+from agents.fatal import fatal
 from agents.positions import AckFilter
 from streams.interest import Interest
 from streams.matrix import AppserviceID
@@ -151,11 +152,10 @@ def create_pipeline(settings: Settings, registrations: tuple[Registration, ...])
             legacy_authorization=settings.legacy_authorization,
         ),
         acks=AckFilter(app),
-        changelog=ChangelogProducer(settings.bootstrap_servers),
+        changelog=ChangelogProducer(settings.bootstrap_servers, fatal),
     )
     # Imported here: each module registers its agent on the app it is given.
     from agents import delayer, deliverer, router
-    from agents.fatal import fatal
     from agents.http_api import HttpApi
 
     routing = router.install(settings, pipeline.interest, list(pipeline.registrations))

@@ -127,11 +127,11 @@ class Router:
             # Between batches (callbacks run inside poll): every batch is
             # routed; its offsets are committed before the partitions go.
             self._commit(consumer, asynchronous=False)
-            self.rooms.revoke(tp.partition for tp in partitions)
+            self._forget(partitions)
 
         def on_lost(consumer: Consumer, partitions: list[TopicPartition]) -> None:
             # Another worker may own them already: nothing to commit.
-            self.rooms.revoke(tp.partition for tp in partitions)
+            self._forget(partitions)
 
         # The worker created the input and <app>.rooms topics before starting (agents.topics).
         consumer.subscribe([s.input_topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
@@ -145,6 +145,7 @@ class Router:
                 messages = [first, *consumer.consume(s.batch_max - 1, timeout=0)]
                 self._process(messages, consumer, producer)
         finally:
+            self._commit(consumer, asynchronous=False)
             consumer.close()
             self.rooms.close()
 
@@ -235,12 +236,23 @@ class Router:
             topic = self._settings.input_topic
             offsets = [TopicPartition(topic, p, o) for p, o in pending.items()]
             try:
+                # Two calls: the stubs type commit() by the literal value of ``asynchronous``.
                 if asynchronous:
                     consumer.commit(offsets=offsets, asynchronous=True)
                 else:
                     consumer.commit(offsets=offsets, asynchronous=False)
             except KafkaException as exc:
-                log.info("router commit failed (%s); committing again when idle", exc)
+                log.info("router commit failed (%s); committing again when idle, if still assigned", exc)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        """Partitions revoked or lost: their rooms closed, their offsets no longer ours to commit.
+
+        An offset left behind could be committed after the partition came back
+        from another worker that had moved on, rewinding the group.
+        """
+        for tp in partitions:
+            self._uncommitted.pop(tp.partition, None)
+        self.rooms.revoke(tp.partition for tp in partitions)
 
 
 def install(settings: Settings, interest: Interest, appservices: list[AppserviceID]) -> Router:

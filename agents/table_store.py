@@ -37,7 +37,7 @@ from typing import Any
 from faust.streams import _current_event, current_event
 from faust.types import TP
 
-from agents.changelog_producer import ChangelogProducer
+from agents.changelog_producer import ChangelogProducer, Record
 from streams.errors import InvariantBroken
 
 
@@ -76,7 +76,7 @@ class TableStore:
     def __init__(self, table: Any, producer: ChangelogProducer) -> None:
         self._table = table
         self._producer = producer
-        self._unsent: list[tuple[int, bytes, bytes | None]] = []
+        self._unsent: list[Record] = []
         self._handing_over = asyncio.Lock()
         self._last_acknowledged: Awaitable[None] | None = None
 
@@ -114,7 +114,9 @@ class TableStore:
         in RocksDB, as Faust's own callback does, for warm restarts.
 
         Raises:
-            BufferError: the producer's local queue is full.
+            BufferError, KafkaException: the producer refused a record at once;
+                the records are no longer held here, so the caller must exit
+                without acking (every caller calls ``fatal``).
             ChangelogDeliveryError: (from the awaitable) Kafka refused a record;
                 the caller must not ack its inputs.
         """

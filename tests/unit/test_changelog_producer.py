@@ -1,12 +1,14 @@
-"""DeliveryGroup: one future for a group of changelog records, settled once all reports came."""
+"""The changelog producer: one future per group of records, settled once all reports came, and never silently stuck."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import pytest
 
-from agents.changelog_producer import ChangelogDeliveryError, DeliveryGroup
+from agents.changelog_producer import ChangelogDeliveryError, ChangelogProducer, DeliveryGroup
 
 
 class Report:
@@ -56,3 +58,66 @@ async def test_a_group_whose_waiter_gave_up_is_left_alone() -> None:
     reports.delivered(None, Report(0, 1))
     await asyncio.sleep(0)
     assert future.cancelled()
+
+
+class FakeProducer:
+    """Acknowledges every queued record at the next poll; ``fail_poll`` makes poll raise instead."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[int, bytes, Any]] = []
+        self.fail_poll: BaseException | None = None
+        self._next_offset = 0
+
+    def produce(self, topic: str, value: bytes | None, key: bytes, partition: int, on_delivery: Any) -> None:
+        self.queued.append((partition, key, on_delivery))
+
+    def poll(self, timeout: float) -> int:
+        if self.fail_poll is not None:
+            raise self.fail_poll
+        served, self.queued = self.queued, []
+        for partition, _, on_delivery in served:
+            on_delivery(None, Report(partition, self._next_offset))
+            self._next_offset += 1
+        time.sleep(0.001)
+        return len(served)
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+
+def producer_with(fake: FakeProducer) -> tuple[ChangelogProducer, list[str]]:
+    failures: list[str] = []
+    producer = ChangelogProducer(
+        "127.0.0.1:9092", lambda exc, where: failures.append(f"{where}: {exc}"), lambda _: fake
+    )  # type: ignore[arg-type, return-value]
+    return producer, failures
+
+
+async def test_a_group_is_acknowledged_from_the_poll_thread() -> None:
+    producer, _ = producer_with(FakeProducer())
+    try:
+        offsets = await asyncio.wait_for(producer.produce("changelog", [(1, b"s", b"v"), (1, b"t", None)]), 5)
+    finally:
+        producer.close()
+    assert offsets == {1: 1}
+
+
+async def test_a_failing_poll_thread_ends_the_worker_instead_of_leaving_acknowledgements_pending() -> None:
+    fake = FakeProducer()
+    fake.fail_poll = RuntimeError("event loop is closed")
+    producer, failures = producer_with(fake)
+    producer.produce("changelog", [(0, b"s", b"v")])
+    for _ in range(500):
+        if failures:
+            break
+        await asyncio.sleep(0.01)
+    producer.close()
+    assert failures == ["changelog producer: event loop is closed"]
+
+
+async def test_records_produced_after_close_are_never_acknowledged() -> None:
+    producer, _ = producer_with(FakeProducer())
+    await producer.produce("changelog", [(0, b"s", b"v")])
+    producer.close()
+    late = producer.produce("changelog", [(0, b"s", b"w")])
+    assert late.cancelled(), "a step written during shutdown must not ack its inputs"

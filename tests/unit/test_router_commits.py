@@ -1,0 +1,48 @@
+"""The router's input commits: only offsets of partitions it still holds, never an old one after a revocation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+from agents.router import Router
+from streams.interest import Interest
+from streams.settings import Settings
+
+
+class Consumer:
+    """Records commits; ``assigned`` is what the group gave this router."""
+
+    def __init__(self, assigned: list[int]) -> None:
+        self.assigned = assigned
+        self.commits: list[tuple[dict[int, int], bool]] = []
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition("matrix.events", p) for p in self.assigned]
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        self.commits.append(({tp.partition: tp.offset for tp in offsets}, asynchronous))
+
+
+def router(tmp_path: Path) -> Router:
+    settings = Settings(server_name="example.org", registrations_dir=tmp_path, data_dir=tmp_path)
+    return Router(settings, Interest([], settings.server_name), [], lambda *_: None)
+
+
+def test_only_offsets_of_partitions_still_assigned_are_committed(tmp_path: Path) -> None:
+    r = router(tmp_path)
+    r._uncommitted.update({0: 10, 3: 7})
+    consumer: Any = Consumer(assigned=[0])
+    r._commit(consumer)
+    assert consumer.commits == [({0: 10}, True)]
+
+
+def test_a_revoked_partitions_offset_is_not_committed_after_it_comes_back(tmp_path: Path) -> None:
+    r = router(tmp_path)
+    r._uncommitted.update({2: 50})
+    r._forget([TopicPartition("matrix.events", 2)])  # lost; another worker commits 80 meanwhile
+    consumer: Any = Consumer(assigned=[2])  # and it comes back here
+    r._commit(consumer)
+    assert consumer.commits == [], "committing 50 now would rewind the group"
