@@ -11,6 +11,11 @@ order. Layouts (version 1):
   ``null`` or ``[txn_id, [n_events, n_ephemeral, n_to_device, n_device]]`` and ``cursor``
   is four ``[head_chunk, head_pos, tail_chunk]`` lists, one per kind.
 * transaction:     ``01`` then ``u64 txn_id`` then the exact body bytes sent.
+
+Version 2 of the appservice value carries the in-flight transaction's body
+inline (``streams.delivery`` does so for bodies up to ``INLINE_BODY_MAX``):
+``02`` then ``u32 length`` of the version-1 JSON, that JSON, then the exact
+body bytes. A state without an inline body is still written as version 1.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from streams.machine import KINDS, AppserviceState, Phase, Txn, counts
 from streams.matrix import TxnID
 
 V1 = 1
+V2 = 2  # appservice state with the in-flight txn's body inline
 _U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
 
 
 def expect_version(raw: bytes, what: str) -> None:
@@ -37,10 +44,15 @@ def expect_version(raw: bytes, what: str) -> None:
 
 @dataclass(frozen=True)
 class StoredAppservice:
-    """What one appservice key holds: the machine state and its backlog cursor."""
+    """What one appservice key holds: the machine state, its backlog cursor, and maybe the in-flight body.
+
+    ``inline_body`` is the exact body of ``machine.inflight`` when it is kept
+    here rather than under its own transaction key; None otherwise.
+    """
 
     machine: AppserviceState
     cursor: BacklogCursor
+    inline_body: bytes | None = None
 
 
 def encode_appservice(stored: StoredAppservice) -> bytes:
@@ -58,14 +70,25 @@ def encode_appservice(stored: StoredAppservice) -> bytes:
         [list(p) for p in s.applied],
         cursor,
     ]
-    return bytes((V1,)) + orjson.dumps(doc)
+    json = orjson.dumps(doc)
+    if stored.inline_body is None:
+        return bytes((V1,)) + json
+    return bytes((V2,)) + _U32.pack(len(json)) + json + stored.inline_body
 
 
 def decode_appservice(raw: bytes) -> StoredAppservice:
     """Raises: InvariantBroken on an unknown version or a malformed value."""
-    expect_version(raw, "appservice state")
+    inline_body = None
+    if raw[:1] == bytes((V2,)):
+        if len(raw) < 5 or len(raw) < 5 + _U32.unpack_from(raw, 1)[0]:
+            raise InvariantBroken("truncated appservice state")
+        end = 5 + _U32.unpack_from(raw, 1)[0]
+        json, inline_body = raw[5:end], raw[end:]
+    else:
+        expect_version(raw, "appservice state")
+        json = raw[1:]
     try:
-        phase, inflight, attempt, retry_at, down_since, last_txn_id, queued, applied, cursor = orjson.loads(raw[1:])
+        phase, inflight, attempt, retry_at, down_since, last_txn_id, queued, applied, cursor = orjson.loads(json)
         machine = AppserviceState(
             phase=Phase(phase),
             inflight=None if inflight is None else Txn(TxnID(inflight[0]), counts(inflight[1])),
@@ -79,7 +102,9 @@ def decode_appservice(raw: bytes) -> StoredAppservice:
         kinds = tuple(KindCursor(h, p, t) for h, p, t in cursor)
         if len(kinds) != len(KINDS):
             raise InvariantBroken(f"{len(kinds)} backlog cursors for {len(KINDS)} kinds")
-        return StoredAppservice(machine, BacklogCursor(kinds))
+        if inline_body is not None and machine.inflight is None:
+            raise InvariantBroken("an inline transaction body without a transaction in flight")
+        return StoredAppservice(machine, BacklogCursor(kinds), inline_body)
     except (ValueError, TypeError, IndexError) as exc:
         raise InvariantBroken(f"malformed appservice state: {exc}") from exc
 

@@ -17,9 +17,12 @@ Write order within a step, so that a crash after *any prefix* of the writes
 leaves a consistent store (Faust's changelog is not transactional: a killed
 worker may have made some records of a step durable and not others):
 
-1. new backlog chunks and new transactions, each under a key never used by
-   the state that is durable now (txn keys include the txn id);
-2. the state record: the commit point of the step;
+1. new backlog chunks and new transactions over ``INLINE_BODY_MAX``, each
+   under a key never used by the state that is durable now (txn keys include
+   the txn id);
+2. the state record: the commit point of the step, carrying the body of a
+   smaller in-flight transaction inline (one record where three were: body,
+   state, and the body's delete once delivered);
 3. deletes of consumed chunks and delivered transactions.
 
 A crash before 2 leaves the old state, which references only keys that still
@@ -124,6 +127,14 @@ class _Prefixed:
         self._store.delete(self._prefix + key)
 
 
+# Bodies up to this size travel inline in the state record: at low latency most
+# txns hold an event or two, and forming one then cost three changelog records
+# (body, state, and the body's delete once delivered) where one does. Bigger
+# bodies (catch-up: ~100 KB) keep a record of their own, so that state writes
+# while they are in flight (items parked meanwhile) do not carry them again.
+INLINE_BODY_MAX = 8 * 1024
+
+
 def state_key(appservice_id: str) -> bytes:
     return b"s\x00" + appservice_id.encode()
 
@@ -154,27 +165,61 @@ def run_step(
     stored = load_state(store, appservice_id)
     ordered = _DeletesLast(store)
     backlog = Backlog(appservice_id, stored.cursor, _Prefixed(ordered, b"b\x00"))
+    bodies = _Bodies(appservice_id, ordered, stored)
     machine = stored.machine
     result = StepResult(machine)
-    formed: dict[TxnID, bytes] = {}
     for event in inputs:
         machine, commands = step(machine, event, now_ms, config)
         for command in commands:
-            _apply(appservice_id, command, backlog, ordered, formed, result, body_format)
-    cursor = backlog.flush()
-    if machine != stored.machine or cursor != stored.cursor:
-        store.put(state_key(appservice_id), encode_appservice(StoredAppservice(machine, cursor)))
+            _apply(appservice_id, command, backlog, bodies, result, body_format)
+    new = StoredAppservice(machine, backlog.flush(), bodies.inline_body_of(machine))
+    if new != stored:
+        store.put(state_key(appservice_id), encode_appservice(new))
     ordered.apply()
     result.state = machine
     return result
+
+
+class _Bodies:
+    """One step's transaction bodies: formed in it, inline in the state record, or under their own key."""
+
+    def __init__(self, appservice_id: AppserviceID, store: KeyValueStore, stored: StoredAppservice) -> None:
+        self._id = appservice_id
+        self._store = store
+        self._formed: dict[TxnID, bytes] = {}
+        self._inline: dict[TxnID, bytes] = {}
+        if stored.inline_body is not None and stored.machine.inflight is not None:
+            self._inline[stored.machine.inflight.txn_id] = stored.inline_body
+
+    def form(self, txn_id: TxnID, body: bytes) -> None:
+        self._formed[txn_id] = body
+        if len(body) <= INLINE_BODY_MAX:
+            self._inline[txn_id] = body  # written with the state, the step's commit point
+        else:
+            # A key the durable state does not reference yet: written before the state.
+            self._store.put(txn_key(self._id, txn_id), encode_txn(StoredTxn(txn_id, body)))
+
+    def body(self, txn_id: TxnID) -> bytes:
+        """Raises: InvariantBroken if the state says the txn is stored and it is not."""
+        body = self._formed.get(txn_id)
+        if body is None:
+            body = self._inline.get(txn_id)
+        return body if body is not None else _stored_body(self._store, self._id, txn_id)
+
+    def forget(self, txn_id: TxnID) -> None:
+        self._formed.pop(txn_id, None)
+        if self._inline.pop(txn_id, None) is None:
+            self._store.delete(txn_key(self._id, txn_id))  # held until after the state
+
+    def inline_body_of(self, machine: AppserviceState) -> bytes | None:
+        return None if machine.inflight is None else self._inline.get(machine.inflight.txn_id)
 
 
 def _apply(
     appservice_id: AppserviceID,
     command: Command,
     backlog: Backlog,
-    store: KeyValueStore,
-    formed: dict[TxnID, bytes],
+    bodies: _Bodies,
     result: StepResult,
     body_format: BodyFormat,
 ) -> None:
@@ -190,18 +235,13 @@ def _apply(
             ephemeral_stable=body_format.ephemeral_stable,
             ephemeral_unstable=body_format.ephemeral_unstable,
         )
-        store.put(txn_key(appservice_id, command.txn.txn_id), encode_txn(StoredTxn(command.txn.txn_id, body)))
-        formed[command.txn.txn_id] = body
+        bodies.form(command.txn.txn_id, body)
     elif isinstance(command, SendTxn):
-        sent = formed.get(command.txn_id)
-        if sent is None:
-            sent = _stored_body(store, appservice_id, command.txn_id)
-        result.sends.append(Send(appservice_id, command.txn_id, command.attempt, sent))
+        result.sends.append(Send(appservice_id, command.txn_id, command.attempt, bodies.body(command.txn_id)))
     elif isinstance(command, ScheduleRetry):
         result.delays.append(DelayRecord(command.txn_id, command.due_ms, command.attempt))
     elif isinstance(command, ForgetTxn):
-        store.delete(txn_key(appservice_id, command.txn_id))
-        formed.pop(command.txn_id, None)
+        bodies.forget(command.txn_id)
     else:
         result.notices.append(command)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from streams.delivery import run_step
+from streams.delivery import INLINE_BODY_MAX, run_step
 from streams.machine import (
     Input,
     Item,
@@ -48,8 +48,15 @@ class LoggingStore:
         self.data.pop(key, None)
 
 
+# ~110 bytes per event: a full txn (100) is over INLINE_BODY_MAX and gets its own
+# record, smaller ones travel inline in the state; the plan crosses both ways.
+PADDING = b"x" * 100
+
+
 def arrived(*offsets: int) -> ItemsArrived:
-    return ItemsArrived(tuple(Item(ItemKind.EVENT, SourcePosition(0, o), b'{"o":%d}' % o) for o in offsets))
+    return ItemsArrived(
+        tuple(Item(ItemKind.EVENT, SourcePosition(0, o), b'{"o":%d,"p":"%s"}' % (o, PADDING)) for o in offsets)
+    )
 
 
 Plan = list[Callable[[TxnID], list[Input]]]
@@ -72,7 +79,9 @@ def writes_of_each_step() -> list[int]:
     return counts
 
 
-def drive(crash: tuple[int, int] | None, write_counts: list[int] | None = None) -> tuple[list[int], LoggingStore]:
+def drive(
+    crash: tuple[int, int] | None, write_counts: list[int] | None = None
+) -> tuple[list[int], LoggingStore, dict[int, bytes]]:
     store = LoggingStore()
     inflight = TxnID(0)
     bodies: dict[int, bytes] = {}
@@ -105,19 +114,24 @@ def drive(crash: tuple[int, int] | None, write_counts: list[int] | None = None) 
             inflight = send.txn_id
             bodies[send.txn_id] = send.body
         now += 10_000
-    return delivered, store
+    return delivered, store, bodies
 
 
 CASES = [(step, prefix) for step, count in enumerate(writes_of_each_step()) for prefix in range(count)]
 
 
+def test_the_plan_stores_bodies_both_inline_and_under_their_own_key() -> None:
+    sizes = [len(body) for body in drive(None)[2].values()]
+    assert min(sizes) <= INLINE_BODY_MAX < max(sizes)
+
+
 def test_without_a_crash_everything_is_delivered_in_order() -> None:
-    delivered, store = drive(None)
+    delivered, store, _ = drive(None)
     assert delivered == list(range(162))
     assert [k[:2] for k in store.data] == [b"s\x00"], "only the state is left once everything is delivered"
 
 
 @pytest.mark.parametrize("crash", CASES, ids=[f"step{s}-after-{p}-writes" for s, p in CASES])
 def test_a_crash_after_any_prefix_of_a_step_loses_and_reorders_nothing(crash: tuple[int, int]) -> None:
-    delivered, _ = drive(crash)
+    delivered, _, _ = drive(crash)
     assert delivered == list(range(162))

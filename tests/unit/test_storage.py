@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import orjson
 import pytest
 
@@ -15,7 +17,7 @@ from streams.backlog import (
     encode_chunk,
 )
 from streams.codec import StoredAppservice, StoredTxn, decode_appservice, decode_txn, encode_appservice, encode_txn
-from streams.delivery import BodyFormat, run_step, state_key, txn_key
+from streams.delivery import INLINE_BODY_MAX, BodyFormat, run_step, state_key, txn_key
 from streams.errors import InvariantBroken
 from streams.machine import (
     AppserviceState,
@@ -24,6 +26,7 @@ from streams.machine import (
     ItemsArrived,
     MachineConfig,
     Phase,
+    Resume,
     SourcePosition,
     Txn,
     TxnFailed,
@@ -88,6 +91,29 @@ def test_appservice_state_round_trip() -> None:
 def test_appservice_state_golden_bytes() -> None:
     raw = encode_appservice(StoredAppservice(AppserviceState(), BacklogCursor()))
     assert raw == b'\x01["idle",null,0,null,null,0,[0,0,0,0],[],[[0,0,0],[0,0,0],[0,0,0],[0,0,0]]]'
+
+
+def test_appservice_state_with_an_inline_body_golden_bytes_and_round_trip() -> None:
+    machine = AppserviceState(phase=Phase.SENDING, inflight=Txn(TxnID(7), (1, 0, 0, 0)), last_txn_id=7)
+    stored = StoredAppservice(machine, BacklogCursor(), b'{"events":[{}]}')
+    raw = encode_appservice(stored)
+    json = b'["sending",[7,[1,0,0,0]],0,null,null,7,[0,0,0,0],[],[[0,0,0],[0,0,0],[0,0,0],[0,0,0]]]'
+    assert raw == b"\x02" + len(json).to_bytes(4, "big") + json + b'{"events":[{}]}'
+    assert decode_appservice(raw) == stored
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x02\x00\x00",  # no room for the JSON length
+        b"\x02\x00\x00\x00\xff[]",  # JSON shorter than its length
+        b"\x02\x00\x00\x00\x4a" + b'["idle",null,0,null,null,0,[0,0,0,0],[],[[0,0,0],[0,0,0],[0,0,0],[0,0,0]]]body',
+    ],
+    ids=["truncated-length", "truncated-json", "inline-body-without-a-txn-in-flight"],
+)
+def test_bad_inline_states_raise(raw: bytes) -> None:
+    with pytest.raises(InvariantBroken):
+        decode_appservice(raw)
 
 
 def test_txn_golden_bytes_and_round_trip() -> None:
@@ -177,13 +203,49 @@ def arrived(*offsets: int) -> ItemsArrived:
     return ItemsArrived(tuple(Item(ItemKind.EVENT, SourcePosition(0, o), b'{"o":%d}' % o) for o in offsets))
 
 
-def test_a_step_stores_the_txn_before_returning_its_send() -> None:
+def test_a_small_txn_is_stored_inline_in_the_state_it_commits_with() -> None:
     store = DictStore()
     result = run_step(AS, [arrived(1)], store, now_ms=1000, config=CONFIG)
     [send] = result.sends
     assert send.body == b'{"events":[{"o":1}]}'
-    assert decode_txn(store.data[txn_key(AS, send.txn_id)]) == StoredTxn(send.txn_id, send.body)
-    assert decode_appservice(store.data[state_key(AS)]).machine.inflight is not None
+    stored = decode_appservice(store.data[state_key(AS)])
+    assert stored.machine.inflight is not None and stored.machine.inflight.txn_id == send.txn_id
+    assert stored.inline_body == send.body
+    assert set(store.data) == {state_key(AS)}, "one record for the step: no txn key to write or delete"
+
+
+def big_items(*offsets: int) -> ItemsArrived:
+    pad = b"x" * (INLINE_BODY_MAX // 4)
+    return ItemsArrived(
+        tuple(Item(ItemKind.EVENT, SourcePosition(0, o), b'{"o":%d,"p":"%s"}' % (o, pad)) for o in offsets)
+    )
+
+
+def test_a_big_txn_gets_its_own_key_written_before_the_state_and_deleted_after_delivery() -> None:
+    store = DictStore()
+    first = run_step(AS, [arrived(0)], store, now_ms=1000, config=CONFIG).sends[0]
+    run_step(AS, [big_items(*range(1, 9))], store, now_ms=1000, config=CONFIG)  # parked meanwhile
+    [big] = run_step(AS, [TxnSucceeded(first.txn_id)], store, now_ms=2000, config=CONFIG).sends
+    assert len(big.body) > INLINE_BODY_MAX
+    assert decode_txn(store.data[txn_key(AS, big.txn_id)]) == StoredTxn(big.txn_id, big.body)
+    assert decode_appservice(store.data[state_key(AS)]).inline_body is None
+    [resent] = run_step(AS, [Resume()], store, now_ms=3000, config=CONFIG).sends
+    assert resent.body == big.body
+    run_step(AS, [TxnSucceeded(big.txn_id)], store, now_ms=4000, config=CONFIG)
+    assert set(store.data) == {state_key(AS)}
+
+
+def test_a_txn_stored_by_the_previous_release_under_its_own_key_is_resent_and_then_deleted() -> None:
+    store = DictStore()
+    [send] = run_step(AS, [arrived(1)], store, now_ms=1000, config=CONFIG).sends
+    # What the previous release wrote: a version-1 state and the body under the txn's key.
+    stored = decode_appservice(store.data[state_key(AS)])
+    store.data[state_key(AS)] = encode_appservice(replace(stored, inline_body=None))
+    store.data[txn_key(AS, send.txn_id)] = encode_txn(StoredTxn(send.txn_id, send.body))
+    [resent] = run_step(AS, [Resume()], store, now_ms=2000, config=CONFIG).sends
+    assert resent.body == send.body
+    run_step(AS, [TxnSucceeded(send.txn_id)], store, now_ms=3000, config=CONFIG)
+    assert set(store.data) == {state_key(AS)}
 
 
 def test_a_retry_sends_exactly_the_stored_bytes() -> None:
