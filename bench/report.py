@@ -115,7 +115,7 @@ def write_json(doc: dict[str, Any], path: Path) -> None:
 def plot(results: Sequence[ScenarioResult], path: Path) -> bool:
     """Latency over time (latency, isolation), catch-up progress and memory; ``False`` without matplotlib or data."""
     series = {name: data for r in results for name, data in r.series.items()}
-    panels = [name for name in series if name.split()[0] in _PANELS and series[name].get(_x(name))]
+    panels = panel_names(series)
     if not panels:
         return False
     try:
@@ -135,6 +135,9 @@ def plot(results: Sequence[ScenarioResult], path: Path) -> bool:
         if name.split()[0] in ("latency", "isolation"):
             ax.plot(data["t_s"], data["p50_ms"], label="p50")
             ax.plot(data["t_s"], data["p99_ms"], label="p99")
+            floor = series.get(f"{name} {BASELINE_SERIES}")
+            if floor and floor.get("t_s"):
+                ax.plot(floor["t_s"], floor["p50_ms"], linestyle="--", color="grey", label="baseline (a) p50")
             ax.set_yscale("log")
             ax.set(title=name, xlabel="s since start", ylabel="produce→appservice ms (0.5 s bins)")
             ax.legend()
@@ -155,6 +158,18 @@ def plot(results: Sequence[ScenarioResult], path: Path) -> bool:
 
 
 _PANELS = ("latency", "isolation", "catchup", "memory")
+# Suffix of a series drawn on the panel named by the rest of its name (the
+# latency scenario's baseline (a) runs beside the worker's).
+BASELINE_SERIES = "baseline (a)"
+
+
+def panel_names(series: dict[str, dict[str, list[float]]]) -> list[str]:
+    """The series that get a panel of their own: known kinds with data, not those drawn on another's."""
+    return [
+        name
+        for name in series
+        if name.split()[0] in _PANELS and not name.endswith(BASELINE_SERIES) and series[name].get(_x(name))
+    ]
 
 
 def _x(name: str) -> str:

@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from bench.broker import broker_pid
+from bench.report import BASELINE_SERIES
 from bench.results import ScenarioResult, Target
 from bench.scenarios.common import (
     Context,
@@ -157,7 +158,7 @@ def run(ctx: Context, sizes: Sizes) -> ScenarioResult:
     result.add(f"p99 produce→appservice {at}", None if s is None else s.p99, "ms", Target(TARGET_P99_MS, "<="))
     _add_common(result, m)
     result.series["latency"] = m.series
-    _add_baseline(ctx, sizes, result, m)
+    _add_baseline(ctx, sizes, result, m, "latency")
     if sizes.low_rate:
         low = measure(ctx, _low(sizes), "latency-low")
         at_low = f"at {sizes.low_rate:,.0f}/s"
@@ -168,11 +169,11 @@ def run(ctx: Context, sizes: Sizes) -> ScenarioResult:
         result.add(f"worker CPU {at_low}", low.worker_cores, "cores")
         result.add(f"broker CPU {at_low}", low.broker_cores, "cores")
         result.series[f"latency {at_low}"] = low.series
-        _add_baseline(ctx, _low(sizes), result, low)
+        _add_baseline(ctx, _low(sizes), result, low, f"latency {at_low}")
     return result
 
 
-def _add_baseline(ctx: Context, sizes: Sizes, result: ScenarioResult, worker: Measured) -> None:
+def _add_baseline(ctx: Context, sizes: Sizes, result: ScenarioResult, worker: Measured, panel: str) -> None:
     """Baseline (a) at the same rate: the latency this job has in Python here without state or Faust.
 
     It sends each appservice's queued events as soon as its previous PUT
@@ -191,7 +192,7 @@ def _add_baseline(ctx: Context, sizes: Sizes, result: ScenarioResult, worker: Me
     w = worker.summary
     ratio = None if b is None or w is None or not b.p50 else w.p50 / b.p50
     result.add(f"worker p50 / baseline (a) p50 {at}", ratio, "x")
-    result.series[f"baseline (a) {at}"] = base.series
+    result.series[f"{panel} {BASELINE_SERIES}"] = base.series
 
 
 def _p(m: Measured, q: str) -> float | None:

@@ -9,7 +9,7 @@ import pytest
 
 from bench.profile import parse_folded, short, top_frames
 from bench.progress import render
-from bench.report import document, format_table, format_value, rows, write_json
+from bench.report import document, format_table, format_value, panel_names, rows, write_json
 from bench.results import Figure, ScenarioResult, Target
 
 
@@ -99,3 +99,15 @@ def test_profile_tables_count_self_and_inclusive_samples() -> None:
     by_name = {f.name: f.total_pct for f in inclusive}
     assert by_name["route (agents/router.py)"] == 100.0  # line numbers do not split a frame
     assert short("put (/x/site-packages/aiohttp/client.py:9)") == "put (aiohttp/client.py)"
+
+
+def test_a_baseline_series_is_drawn_on_its_scenarios_panel_not_on_its_own() -> None:
+    line = {"t_s": [0.0], "p50_ms": [1.0], "p99_ms": [2.0]}
+    series = {
+        "latency": line,
+        "latency baseline (a)": line,
+        "latency at 500/s": line,
+        "latency at 500/s baseline (a)": line,
+        "isolation": {"t_s": []},
+    }
+    assert panel_names(series) == ["latency", "latency at 500/s"]
