@@ -117,7 +117,9 @@ def create_pipeline(settings: Settings, registrations: tuple[Registration, ...])
         producer_linger_ms=0,
         # aiokafka sends one batch per partition per request, and one request
         # at a time: at its 16 KB default a deliverer batch's stored txns
-        # (~25 KB each) went out one round trip per record.
+        # (~25 KB each) went out one round trip per record. (The changelog now
+        # goes through agents.changelog_producer; Faust's producer still
+        # carries retry timers, reported outcomes and resumes.)
         producer_max_batch_size=1024 * 1024,
         stream_buffer_maxsize=max(4096, settings.batch_max * 2),
         table_standby_replicas=0,
