@@ -282,22 +282,41 @@ def _form_and_send(state: AppserviceState, now_ms: int, config: MachineConfig, o
 def _items_arrived(
     state: AppserviceState, event: ItemsArrived, now_ms: int, config: MachineConfig, out: Commands
 ) -> AppserviceState:
+    # Consecutive items of one kind become one Enqueue, built once (not a tuple
+    # copied per item: a 500-item batch parked while an appservice is busy
+    # cost 4 µs per item that way), and the state is replaced once, unless an
+    # item finds the appservice IDLE and forms a txn at once.
     applied = dict(state.applied)
-    for item in event.items:
-        if item.source.offset <= applied.get(item.source.partition, -1):
-            continue  # a replay of an item we already hold
-        applied[item.source.partition] = item.source.offset
+    queued = list(state.queued)
+    run: list[bytes] = []
+    run_kind: ItemKind | None = None
+
+    def enqueue_run() -> None:
+        if not run or run_kind is None:
+            return
         last = out[-1] if out else None
-        if isinstance(last, Enqueue) and last.kind is item.kind:
-            out[-1] = Enqueue(item.kind, (*last.payloads, item.payload))
+        if isinstance(last, Enqueue) and last.kind is run_kind:
+            out[-1] = Enqueue(run_kind, (*last.payloads, *run))
         else:
-            out.append(Enqueue(item.kind, (item.payload,)))
-        queued = list(state.queued)
+            out.append(Enqueue(run_kind, tuple(run)))
+        run.clear()
+
+    for item in event.items:
+        source = item.source
+        if source.offset <= applied.get(source.partition, -1):
+            continue  # a replay of an item we already hold
+        applied[source.partition] = source.offset
+        if item.kind is not run_kind:
+            enqueue_run()
+            run_kind = item.kind
+        run.append(item.payload)
         queued[item.kind] += 1
-        state = replace(state, queued=counts(queued))
         if state.phase is Phase.IDLE:
-            state = _form_and_send(state, now_ms, config, out)
-    return replace(state, applied=tuple(sorted(applied.items())))
+            enqueue_run()
+            state = _form_and_send(replace(state, queued=counts(queued)), now_ms, config, out)
+            queued = list(state.queued)
+    enqueue_run()
+    return replace(state, queued=counts(queued), applied=tuple(sorted(applied.items())))
 
 
 def _succeeded(

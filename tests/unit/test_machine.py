@@ -260,3 +260,26 @@ def test_every_phase_has_a_transition_for_every_non_outcome_input() -> None:
 def test_an_impossible_state_raises() -> None:
     with pytest.raises(InvariantBroken):
         step(AppserviceState(phase=Phase.SENDING), Resume(), NOW, CONFIG)
+
+
+def test_items_parked_in_one_input_become_one_enqueue_per_run_of_a_kind_in_arrival_order() -> None:
+    sending, _ = run(AppserviceState(), items(0))
+    mixed = ItemsArrived(
+        tuple(
+            Item(kind, SourcePosition(0, offset), b"%d" % offset)
+            for kind, offset in [
+                (ItemKind.EVENT, 1),
+                (ItemKind.EVENT, 2),
+                (ItemKind.EPHEMERAL, 3),
+                (ItemKind.EVENT, 4),
+                (ItemKind.EVENT, 3),  # a replay: dropped
+            ]
+        )
+    )
+    state, out = run(sending, mixed)
+    assert out == [
+        Enqueue(ItemKind.EVENT, (b"1", b"2")),
+        Enqueue(ItemKind.EPHEMERAL, (b"3",)),
+        Enqueue(ItemKind.EVENT, (b"4",)),
+    ]
+    assert state.queued == (3, 1, 0, 0)
