@@ -285,9 +285,11 @@ def install(pipeline: Pipeline) -> Senders:
         """The outcomes free to settle whose appservice's inbox partition is ``partition``, taken out."""
         if not unsettled:
             return []
-        taken = [o for o in unsettled if inbox_partition(o[0]) == partition]
-        if taken:
-            unsettled[:] = [o for o in unsettled if inbox_partition(o[0]) != partition]
+        taken: list[Outcome] = []
+        kept: list[Outcome] = []
+        for outcome in unsettled:
+            (taken if inbox_partition(outcome[0]) == partition else kept).append(outcome)
+        unsettled[:] = kept
         return taken
 
     def settle(send: Send, result: Input, epoch: int | None) -> None:

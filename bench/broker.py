@@ -1,4 +1,4 @@
-"""The broker side of the bench: start it if needed, its version, consumer lag, and cleaning up our topics."""
+"""The broker side of the bench: start it if needed, its pid and version, consumer lag."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from agents import topics
 from bench.procs import ROOT
 
 BOOTSTRAP = "127.0.0.1:9092"
@@ -136,9 +135,4 @@ def wait_for_no_lag(
     return False
 
 
-def delete_prefixed(prefix: str, bootstrap: str = BOOTSTRAP) -> int:
-    """Delete the topics and consumer groups whose names start with ``prefix``; return how many topics."""
-    return topics.delete_prefixed(bootstrap, (prefix,))
-
-
-__all__ = ["BOOTSTRAP", "Lag", "delete_prefixed", "ensure_running", "kafka_version", "wait_for_no_lag"]
+__all__ = ["BOOTSTRAP", "Lag", "broker_pid", "ensure_running", "kafka_version", "wait_for_no_lag"]

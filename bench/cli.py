@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+from agents.topics import delete_prefixed
 from bench import broker, procs, report
 from bench.progress import say
 from bench.results import ScenarioResult
@@ -175,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         procs.stop_all()
         try:
-            deleted = broker.delete_prefixed(ctx.prefix, args.bootstrap_servers)
+            deleted = delete_prefixed(args.bootstrap_servers, (ctx.prefix,))
             say(f"deleted {deleted} topics of this run ({ctx.prefix}*)")
         except Exception as exc:  # cleanup must not hide the results
             say(f"could not delete this run's topics: {exc}")

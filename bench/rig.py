@@ -151,6 +151,10 @@ class Rig:
     def inbox_topic(self, worker: BenchWorker) -> str:
         return f"{worker.app_id}.inbox"
 
+    def changelog_topic(self, worker: BenchWorker) -> str:
+        """The ``appservices`` table's changelog (``Settings.appservices_changelog_topic``)."""
+        return f"{worker.app_id}-appservices-changelog"
+
     def groups(self, worker: BenchWorker) -> list[str]:
         """The worker's consumer groups: the Faust agents' (``app_id``) and, in newer trees, the router's.
 

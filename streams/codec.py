@@ -80,9 +80,9 @@ def decode_appservice(raw: bytes) -> StoredAppservice:
     """Raises: InvariantBroken on an unknown version or a malformed value."""
     inline_body = None
     if raw[:1] == bytes((V2,)):
-        if len(raw) < 5 or len(raw) < 5 + _U32.unpack_from(raw, 1)[0]:
+        end = 5 + _U32.unpack_from(raw, 1)[0] if len(raw) >= 5 else len(raw) + 1
+        if end > len(raw):
             raise InvariantBroken("truncated appservice state")
-        end = 5 + _U32.unpack_from(raw, 1)[0]
         json, inline_body = raw[5:end], raw[end:]
     else:
         expect_version(raw, "appservice state")

@@ -99,7 +99,7 @@ def measure(
         # Records written per delivered txn: what the worker's CPU per txn is mostly spent on.
         changelog = inbox = None
         if worker is not None and txns:
-            changelog = rig.lag.high(f"{worker.app_id}-appservices-changelog") / txns
+            changelog = rig.lag.high(rig.changelog_topic(worker)) / txns
             inbox = rig.lag.high(rig.inbox_topic(worker)) / txns
         return Measured(
             summary=summarize(after_warmup(got, sizes.warmup_s)),
@@ -193,10 +193,6 @@ def _add_baseline(ctx: Context, sizes: Sizes, result: ScenarioResult, worker: Me
     ratio = None if b is None or w is None or not b.p50 else w.p50 / b.p50
     result.add(f"worker p50 / baseline (a) p50 {at}", ratio, "x")
     result.series[f"{panel} {BASELINE_SERIES}"] = base.series
-
-
-def _p(m: Measured, q: str) -> float | None:
-    return None if m.summary is None else float(getattr(m.summary, q))
 
 
 def _isolation_point(ctx: Context, sizes: Sizes, result: ScenarioResult, label: str, rounds: int = 1) -> Measured:
