@@ -72,8 +72,11 @@ class AppserviceClient:
         url = registration.url.rstrip("/") + TRANSACTIONS_PATH.format(txn_id=txn_id)
         params = {"access_token": registration.hs_token} if self._legacy else None
         try:
+            # A redirect is a failed attempt, never followed: only a 2xx from the
+            # transaction endpoint itself means the appservice has the txn
+            # (a 302 to a page answering 200 had been counted as delivered).
             async with self._session(registration).put(
-                url, data=body, headers=_headers(registration), params=params
+                url, data=body, headers=_headers(registration), params=params, allow_redirects=False
             ) as response:
                 payload = await response.read()
                 if 200 <= response.status < 300:
@@ -98,7 +101,9 @@ class AppserviceClient:
         url = registration.url.rstrip("/") + PING_PATH
         body = orjson.dumps({} if transaction_id is None else {"transaction_id": transaction_id})
         try:
-            async with self._session(registration).post(url, data=body, headers=_headers(registration)) as response:
+            async with self._session(registration).post(
+                url, data=body, headers=_headers(registration), allow_redirects=False
+            ) as response:
                 payload = await response.read()
                 if 200 <= response.status < 300:
                     return Delivered(response.status)
