@@ -18,6 +18,7 @@ from typing import Any
 from agents.deliverer import report
 from agents.fatal import fatal
 from agents.pipeline import Pipeline, now_ms
+from streams.dead_letter import Reason
 from streams.errors import BadRecord
 from streams.machine import RetryDue
 from streams.matrix import AppserviceID
@@ -43,7 +44,7 @@ def install(pipeline: Pipeline) -> None:
                 arm(loop, event)
                 pipeline.acks.processed([event])
             except BadRecord as exc:
-                await pipeline.to_dead_letter(event, str(exc))
+                await pipeline.to_dead_letter(event, Reason.MALFORMED, str(exc))
                 pipeline.acks.processed([event])
             except Exception as exc:
                 fatal(exc, "delayer")

@@ -37,6 +37,7 @@ from agents.pipeline import Pipeline, now_ms
 from agents.positions import RESEEK_S, KafkaPartitionLog, PositionGuard
 from agents.table_store import TableStore, in_partition, partition_of
 from agents.topics import key_partition
+from streams.dead_letter import Reason
 from streams.delivery import BodyFormat, Send, run_step
 from streams.errors import BadRecord, InvariantBroken
 from streams.machine import CameUp, Input, MachineConfig, Resume, TxnFailed, WentDown
@@ -210,7 +211,7 @@ def install(pipeline: Pipeline) -> Senders:
             try:
                 decoded = decode_inbox_record(event.key, event.value, jitter=jitter)
             except BadRecord as exc:
-                pipeline.background.spawn(pipeline.to_dead_letter(event, str(exc)), "dead-letter")
+                pipeline.background.spawn(pipeline.to_dead_letter(event, Reason.MALFORMED, str(exc)), "dead-letter")
                 continue
             for appservice_id, input_ in decoded:
                 check_partition(appservice_id, event.message.partition)

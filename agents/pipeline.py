@@ -29,9 +29,9 @@ from agents.background import BackgroundTasks
 from agents.changelog_producer import ChangelogProducer
 from agents.fatal import fatal
 from agents.positions import AckFilter
+from streams.dead_letter import Reason, dead_letter
 from streams.interest import Interest
 from streams.matrix import AppserviceID
-from streams.records import dead_letter_headers
 from streams.registration import Registration
 from streams.settings import Settings
 
@@ -67,12 +67,14 @@ class Pipeline:
     changelog: ChangelogProducer
     background: BackgroundTasks = field(default_factory=BackgroundTasks)
 
-    async def to_dead_letter(self, event: Any, reason: str) -> None:
+    async def to_dead_letter(self, event: Any, reason: Reason, detail: str) -> None:
         """Divert a record nobody can read, with where it came from and why."""
         message = event.message
-        log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
-        headers = dead_letter_headers(message.topic, message.partition, message.offset, reason)
-        await self.dead_letter.send(key=event.key, value=event.value, headers=headers)
+        log.warning(
+            "dead-lettered %s[%d]@%d (%s): %s", message.topic, message.partition, message.offset, reason, detail
+        )
+        letter = dead_letter(message.topic, message.partition, message.offset, event.value, reason, detail)
+        await self.dead_letter.send(key=event.key, value=letter.value, headers=letter.headers)
 
 
 def _broker_urls(bootstrap: str) -> list[str]:

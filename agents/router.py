@@ -12,10 +12,15 @@ Per batch (whatever is fetched, up to ``batch_max``):
 1. ``streams.routing.route_batch`` decides, purely: items grouped by inbox
    partition and appservice, rooms changed, records nobody can read;
 2. one record per inbox partition (``streams.records.encode_routed``), the
-   changed rooms to the compacted ``<app>.rooms`` changelog, unreadable
-   records to the dead-letter topic with the reason;
+   changed rooms to the compacted ``<app>.rooms`` changelog, records that
+   cannot be delivered (malformed, or over ``MAX_INPUT_RECORD_BYTES``) to the
+   dead-letter topic (``streams.dead_letter``);
 3. ``flush``: every record acknowledged (``acks=all``), or the worker exits
-   (code 70) without committing;
+   (code 70) without committing. If the broker refused records for good
+   (``MSG_SIZE_TOO_LARGE`` and the like: a retry would fail again, so exiting
+   would stop the partition on every restart), the batch is forwarded again
+   one input record at a time, and the one whose records are refused is
+   dead-lettered (reason ``refused``) instead;
 4. the rooms into RocksDB (``agents.rooms_store``) with the changelog offsets;
 5. the input offsets committed (at most once per ``commit_interval_s`` under
    load; at once when idle and before partitions are revoked).
@@ -38,9 +43,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from agents.fatal import fatal
 from agents.rooms_store import RoomsStore
 from agents.topics import key_partition
+from streams.dead_letter import Reason, dead_letter
 from streams.interest import Interest
 from streams.matrix import AppserviceID
-from streams.records import dead_letter_headers, encode_routed
+from streams.records import encode_routed
 from streams.rooms import encode_room
 from streams.routing import InputRecord, route_batch
 from streams.settings import Settings
@@ -168,43 +174,70 @@ class Router:
             last[partition] = offset
         if not records:
             return
-        batch = route_batch(records, self.rooms.load, self._interest, s.server_name, self._partitions.__getitem__)
-
-        changelog_offsets: dict[int, int] = {}
-        failures: list[str] = []
-
-        def delivered(error: KafkaError | None, message: Message) -> None:
-            if error is not None:
-                failures.append(f"{message.topic()}[{message.partition()}]: {error}")
-            elif message.topic() == s.rooms_topic:
-                partition, offset = message.partition(), message.offset()
-                if partition is not None and offset is not None:
-                    changelog_offsets[partition] = max(offset, changelog_offsets.get(partition, -1))
-
-        for inbox_partition, groups in batch.items.items():
-            for value in encode_routed(groups):
-                producer.produce(s.inbox_topic, value=value, partition=inbox_partition, on_delivery=delivered)
-        for (partition, room_id), room in batch.rooms.items():
-            producer.produce(
-                s.rooms_topic, key=room_id.encode(), value=encode_room(room), partition=partition, on_delivery=delivered
+        try:
+            self._forward(records, producer)
+        except Refused as exc:
+            # Some record of the batch can never be forwarded (a routed record
+            # over the inbox's size limit, say). Exiting would replay the batch
+            # and stop every partition on every restart; find it instead.
+            # Records already taken by Kafka are produced again: the deliverer
+            # drops items it already applied, by input position.
+            log.warning(
+                "router batch refused by the broker (%s): forwarding its %d records one by one", exc, len(records)
             )
-        for record, reason in batch.rejected:
-            log.warning("dead-lettered %s[%d]@%d: %s", s.input_topic, record.partition, record.offset, reason)
-            headers = dead_letter_headers(s.input_topic, record.partition, record.offset, reason)
-            producer.produce(s.dead_letter_topic, value=record.value, headers=headers, on_delivery=delivered)
-        # Nothing is committed, and no room stored, before Kafka has all of it.
-        remaining = producer.flush(FLUSH_TIMEOUT_S)
-        if remaining or failures:
-            raise KafkaException(
-                f"router batch not acknowledged: {remaining} records pending after {FLUSH_TIMEOUT_S} s, "
-                f"refused: {failures[:3]}"
-            )
-        self.rooms.commit(batch.rooms, changelog_offsets)
+            for record in records:
+                try:
+                    self._forward([record], producer)
+                except Refused as refused:
+                    self._dead_letter(record, Reason.REFUSED, str(refused), producer)
         for partition, offset in last.items():
             self._uncommitted[partition] = offset + 1
         now = time.monotonic()
         if now - self._committed_at >= s.commit_interval_s:
             self._commit(consumer)
+
+    def _forward(self, records: list[InputRecord], producer: Producer) -> None:
+        """Route ``records``, write everything they become, wait until Kafka has it all, then store the rooms.
+
+        Raises:
+            Refused: the broker refused records for a reason a retry will not
+                change (every other record was acknowledged).
+            KafkaException: anything else left unacknowledged (the worker
+                exits without committing, and the batch is read again).
+        """
+        s = self._settings
+        batch = route_batch(records, self.rooms.load, self._interest, s.server_name, self._partitions.__getitem__)
+        acked = _Acknowledgements(s.rooms_topic)
+        for inbox_partition, groups in batch.items.items():
+            for value in encode_routed(groups):
+                acked.produce(producer, s.inbox_topic, value=value, partition=inbox_partition)
+        for (partition, room_id), room in batch.rooms.items():
+            acked.produce(producer, s.rooms_topic, key=room_id.encode(), value=encode_room(room), partition=partition)
+        for record, reason, detail in batch.rejected:
+            self._produce_dead_letter(record, reason, detail, producer, acked)
+        # Nothing is committed, and no room stored, before Kafka has all of it.
+        acked.wait(producer)
+        self.rooms.commit(batch.rooms, acked.changelog_offsets)
+
+    def _dead_letter(self, record: InputRecord, reason: Reason, detail: str, producer: Producer) -> None:
+        """Raises: KafkaException when even the (truncated) dead letter is not acknowledged."""
+        acked = _Acknowledgements(self._settings.rooms_topic)
+        self._produce_dead_letter(record, reason, detail, producer, acked)
+        try:
+            acked.wait(producer)
+        except Refused as exc:
+            raise KafkaException(f"the dead letter of {self._source(record)} was refused too: {exc}") from exc
+
+    def _produce_dead_letter(
+        self, record: InputRecord, reason: Reason, detail: str, producer: Producer, acked: _Acknowledgements
+    ) -> None:
+        s = self._settings
+        log.warning("dead-lettered %s (%s): %s", self._source(record), reason, detail)
+        letter = dead_letter(s.input_topic, record.partition, record.offset, record.value, reason, detail)
+        acked.produce(producer, s.dead_letter_topic, value=letter.value, headers=letter.headers)
+
+    def _source(self, record: InputRecord) -> str:
+        return f"{self._settings.input_topic}[{record.partition}]@{record.offset}"
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         # Runs inside poll/consume, on the router thread.
@@ -253,6 +286,66 @@ class Router:
         for tp in partitions:
             self._uncommitted.pop(tp.partition, None)
         self.rooms.revoke(tp.partition for tp in partitions)
+
+
+# Errors of a produce that a retry will never change: the record itself is
+# what the broker (or the client, before sending) refuses.
+_PERMANENT = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_TIMESTAMP,
+    }
+)
+
+
+class Refused(Exception):
+    """Records of a batch were refused for good; every other record of it was acknowledged."""
+
+
+class _Acknowledgements:
+    """The records one ``_forward`` produced, and what Kafka answered for each."""
+
+    def __init__(self, rooms_topic: str) -> None:
+        self._rooms_topic = rooms_topic
+        self.changelog_offsets: dict[int, int] = {}  # rooms changelog partition → last offset acknowledged
+        self.refused: list[str] = []
+        self.failed: list[str] = []
+
+    def produce(self, producer: Producer, topic: str, **record: Any) -> None:
+        try:
+            producer.produce(topic, on_delivery=self._delivered, **record)
+        except KafkaException as exc:  # refused before it was queued (over the client's message.max.bytes)
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            (self.refused if error is not None and error.code() in _PERMANENT else self.failed).append(
+                f"{topic}: {exc}"
+            )
+
+    def _delivered(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            where = f"{message.topic()}[{message.partition()}]: {error}"
+            (self.refused if error.code() in _PERMANENT else self.failed).append(where)
+        elif message.topic() == self._rooms_topic:
+            partition, offset = message.partition(), message.offset()
+            if partition is not None and offset is not None:
+                self.changelog_offsets[partition] = max(offset, self.changelog_offsets.get(partition, -1))
+
+    def wait(self, producer: Producer) -> None:
+        """Flush; return once every record was acknowledged.
+
+        Raises:
+            Refused: some were refused for good, all others acknowledged.
+            KafkaException: some are unacknowledged or failed otherwise.
+        """
+        remaining = producer.flush(FLUSH_TIMEOUT_S)
+        if remaining or self.failed:
+            raise KafkaException(
+                f"router batch not acknowledged: {remaining} records pending after {FLUSH_TIMEOUT_S} s, "
+                f"failed: {self.failed[:3]}, refused: {self.refused[:3]}"
+            )
+        if self.refused:
+            raise Refused("; ".join(self.refused[:3]))
 
 
 def install(settings: Settings, interest: Interest, appservices: list[AppserviceID]) -> Router:

@@ -22,7 +22,7 @@ Binary layout, version 1 (integers big-endian)::
     inbox resume     01 'R'
     inbox ping ok    01 'P'
     delay            01 txn_id:u64 due_ms:u64 attempt:u32
-    dead letter      the record as read, headers reason (why) and source (topic[partition]@offset)
+    dead letter      see streams.dead_letter
 """
 
 from __future__ import annotations
@@ -208,9 +208,3 @@ def decode_delay(raw: bytes | None) -> DelayRecord:
         raise BadRecord("malformed delay record")
     _, txn_id, due_ms, attempt = _DELAY.unpack(raw)
     return DelayRecord(TxnID(txn_id), due_ms, attempt)
-
-
-def dead_letter_headers(topic: str, partition: int, offset: int, reason: str) -> list[tuple[str, str | bytes | None]]:
-    """Headers of a dead-lettered record: why, and where it was read (``topic[partition]@offset``)."""
-    source = f"{topic}[{partition}]@{offset}"
-    return [("reason", reason.encode()), ("source", source.encode())]

@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from streams import envelope
+from streams.backlog import MAX_CHUNK_BYTES
+from streams.dead_letter import Reason
 from streams.envelope import DeviceData, Ephemeral, RoomEvent, ToDevice
 from streams.errors import BadRecord
 from streams.interest import Interest, RoomView
@@ -29,6 +31,14 @@ from streams.machine import Item, ItemKind, SourcePosition
 from streams.matrix import AppserviceID, RoomID
 from streams.registration import Registration
 from streams.rooms import RoomState, apply_event, with_aliases
+
+# The most one input record may carry. Its item must fit one routed inbox
+# record (``streams.records.MAX_BATCH_BYTES``), one backlog chunk and one part
+# of a stored transaction, each one Kafka record under the broker's default
+# 1 MB limit. A compressed input record can be far larger than that limit and
+# still be accepted by the broker: forwarding it whole would be refused, and
+# the partition would stop. The Matrix spec caps an event at 65,536 bytes.
+MAX_INPUT_RECORD_BYTES = MAX_CHUNK_BYTES
 
 
 @dataclass(frozen=True)
@@ -84,8 +94,8 @@ class RoutedBatch:
     items: dict[int, dict[AppserviceID, list[Item]]] = field(default_factory=dict)
     # (input partition, room ID) → the room after the batch, for rooms it changed
     rooms: dict[tuple[int, RoomID], RoomState] = field(default_factory=dict)
-    # records nobody can read, with the reason
-    rejected: list[tuple[InputRecord, str]] = field(default_factory=list)
+    # records that cannot be delivered, with the reason and what exactly was wrong
+    rejected: list[tuple[InputRecord, Reason, str]] = field(default_factory=list)
 
 
 def route_batch(
@@ -97,8 +107,9 @@ def route_batch(
 ) -> RoutedBatch:
     """Route records in input order; rooms read through the batch's own changes first.
 
-    Never raises on bad input: a record that is not a valid envelope is
-    ``rejected`` (for the dead-letter topic) and the batch goes on.
+    Never raises on bad input: a record that is not a valid envelope, or
+    larger than ``MAX_INPUT_RECORD_BYTES``, is ``rejected`` (for the
+    dead-letter topic) and the batch goes on.
     """
     batch = RoutedBatch()
     rooms = batch.rooms
@@ -108,10 +119,15 @@ def route_batch(
         return load_room(partition, room_id) if room is None else room
 
     for record in records:
+        size = 0 if record.value is None else len(record.value)
+        if size > MAX_INPUT_RECORD_BYTES:
+            detail = f"{size} bytes, over the {MAX_INPUT_RECORD_BYTES} bytes an input record may carry"
+            batch.rejected.append((record, Reason.TOO_LARGE, detail))
+            continue
         try:
             decoded = envelope.decode(record.value)
         except BadRecord as exc:
-            batch.rejected.append((record, str(exc)))
+            batch.rejected.append((record, Reason.MALFORMED, str(exc)))
             continue
         view = None
         if isinstance(decoded, envelope.RoomAliases):

@@ -9,7 +9,6 @@ from streams.machine import Item, ItemKind, ItemsArrived, Resume, SourcePosition
 from streams.matrix import AppserviceID, TxnID
 from streams.records import (
     MAX_BATCH_BYTES,
-    dead_letter_headers,
     decode_inbox_record,
     decode_routed,
     encode_outcome,
@@ -77,10 +76,3 @@ def test_an_outcome_belongs_to_the_appservice_in_its_key() -> None:
 def test_an_outcome_without_a_readable_key_is_a_bad_record(key: bytes | None) -> None:
     with pytest.raises(BadRecord):
         decode_inbox_record(key, encode_outcome(Resume()))
-
-
-def test_a_dead_letter_says_why_and_where_it_was_read() -> None:
-    assert dead_letter_headers("matrix.events", 3, 42, "not JSON") == [
-        ("reason", b"not JSON"),
-        ("source", b"matrix.events[3]@42"),
-    ]

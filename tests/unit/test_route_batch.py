@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from streams import envelope
+from streams.dead_letter import Reason
 from streams.interest import Interest
 from streams.machine import ItemKind, SourcePosition
 from streams.matrix import AppserviceID, RoomID
 from streams.rooms import RoomState
-from streams.routing import InputRecord, route_batch
+from streams.routing import MAX_INPUT_RECORD_BYTES, InputRecord, route_batch
 from tests.unit.test_envelope_and_routing import HS, registration
 
 ALPHA, BETA = registration("alpha"), registration("beta")
@@ -79,11 +80,30 @@ def test_aliases_change_the_room_and_route_nothing() -> None:
 
 def test_unreadable_records_are_rejected_with_the_reason_and_the_batch_goes_on() -> None:
     batch = route(records(b"not json", None, event(2, "@alpha_a:example.org")))
-    assert [(r.offset, reason.split(":")[0]) for r, reason in batch.rejected] == [
-        (0, "not JSON"),
-        (1, "record has no value"),
+    assert [(r.offset, reason, detail.split(":")[0]) for r, reason, detail in batch.rejected] == [
+        (0, Reason.MALFORMED, "not JSON"),
+        (1, Reason.MALFORMED, "record has no value"),
     ]
     assert [i.source.offset for i in batch.items[3]["alpha"]] == [2]
+
+
+def test_a_record_over_the_input_limit_is_rejected_as_too_large_and_the_batch_goes_on() -> None:
+    padding = "x" * MAX_INPUT_RECORD_BYTES
+    big = event(0, "@alpha_a:example.org", content={"body": padding})
+    batch = route(records(big, event(1, "@alpha_a:example.org")))
+    [(record, reason, detail)] = batch.rejected
+    assert (record.offset, reason) == (0, Reason.TOO_LARGE)
+    assert detail.startswith(f"{len(big)} bytes")
+    assert [i.source.offset for i in batch.items[3]["alpha"]] == [1]
+
+
+def test_a_record_at_the_input_limit_is_routed() -> None:
+    doc = event(0, "@alpha_a:example.org", content={"body": ""})
+    at_limit = event(0, "@alpha_a:example.org", content={"body": "x" * (MAX_INPUT_RECORD_BYTES - len(doc))})
+    assert len(at_limit) == MAX_INPUT_RECORD_BYTES
+    batch = route(records(at_limit))
+    assert batch.rejected == []
+    assert [i.source.offset for i in batch.items[3]["alpha"]] == [0]
 
 
 def test_an_event_nobody_wants_makes_no_item() -> None:
