@@ -16,6 +16,14 @@ Version 2 of the appservice value carries the in-flight transaction's body
 inline (``streams.delivery`` does so for bodies up to ``INLINE_BODY_MAX``):
 ``02`` then ``u32 length`` of the version-1 JSON, that JSON, then the exact
 body bytes. A state without an inline body is still written as version 1.
+
+Version 2 of the transaction value splits a body over ``MAX_TXN_PART_BYTES``
+into parts, each its own record (a Kafka record is refused over 1 MB by
+default, and 100 events of 64 KiB make a 6.4 MB body): the head, under the
+transaction's key, is ``02`` then ``u64 txn_id``, ``u32 part count``, then
+the first part; part ``n`` (n ≥ 1), under the key with ``u32 n`` appended, is
+``01`` then ``u64 txn_id`` then its bytes. The body is the parts joined in
+order. A body that fits one part is still written as version 1.
 """
 
 from __future__ import annotations
@@ -115,8 +123,46 @@ class StoredTxn:
     body: bytes
 
 
+# A stored transaction's part is one changelog record: stay well under Kafka's
+# default 1 MB record limit, as backlog chunks do.
+MAX_TXN_PART_BYTES = 512 * 1024
+
+
 def encode_txn(txn: StoredTxn) -> bytes:
+    """One record holding the whole body (version 1); also the layout of part n ≥ 1 of a split body."""
     return bytes((V1,)) + _U64.pack(txn.txn_id) + txn.body
+
+
+def encode_txn_parts(txn: StoredTxn) -> list[bytes]:
+    """The records ``txn`` is stored in: one if its body fits ``MAX_TXN_PART_BYTES``, else a head and parts."""
+    body = txn.body
+    if len(body) <= MAX_TXN_PART_BYTES:
+        return [encode_txn(txn)]
+    parts = [body[at : at + MAX_TXN_PART_BYTES] for at in range(0, len(body), MAX_TXN_PART_BYTES)]
+    head = bytes((V2,)) + _U64.pack(txn.txn_id) + _U32.pack(len(parts)) + parts[0]
+    return [head, *(encode_txn(StoredTxn(txn.txn_id, part)) for part in parts[1:])]
+
+
+@dataclass(frozen=True)
+class TxnHead:
+    """The record under a transaction's key: its first (or only) part, and how many parts there are."""
+
+    txn_id: TxnID
+    part_count: int
+    first: bytes
+
+
+def decode_txn_head(raw: bytes) -> TxnHead:
+    """Raises: InvariantBroken on an unknown version or a truncated value."""
+    if raw[:1] == bytes((V2,)):
+        if len(raw) < 13:
+            raise InvariantBroken("truncated transaction head")
+        part_count = _U32.unpack_from(raw, 9)[0]
+        if part_count < 2:
+            raise InvariantBroken(f"a split transaction of {part_count} parts")
+        return TxnHead(TxnID(_U64.unpack_from(raw, 1)[0]), part_count, raw[13:])
+    whole = decode_txn(raw)
+    return TxnHead(whole.txn_id, 1, whole.body)
 
 
 def decode_txn(raw: bytes) -> StoredTxn:

@@ -17,9 +17,9 @@ Write order within a step, so that a crash after *any prefix* of the writes
 leaves a consistent store (Faust's changelog is not transactional: a killed
 worker may have made some records of a step durable and not others):
 
-1. new backlog chunks and new transactions over ``INLINE_BODY_MAX``, each
-   under a key never used by the state that is durable now (txn keys include
-   the txn id);
+1. new backlog chunks and new transactions over ``INLINE_BODY_MAX`` (split
+   in parts of ``MAX_TXN_PART_BYTES``, each one record), each under a key
+   never used by the state that is durable now (txn keys include the txn id);
 2. the state record: the commit point of the step, carrying the body of a
    smaller in-flight transaction inline (one record where three were: body,
    state, and the body's delete once delivered);
@@ -40,7 +40,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from streams.backlog import Backlog, BacklogCursor, KeyValueStore
-from streams.codec import StoredAppservice, StoredTxn, decode_appservice, decode_txn, encode_appservice, encode_txn
+from streams.codec import (
+    StoredAppservice,
+    StoredTxn,
+    decode_appservice,
+    decode_txn,
+    decode_txn_head,
+    encode_appservice,
+    encode_txn_parts,
+)
 from streams.errors import InvariantBroken
 from streams.machine import (
     KINDS,
@@ -139,8 +147,10 @@ def state_key(appservice_id: str) -> bytes:
     return b"s\x00" + appservice_id.encode()
 
 
-def txn_key(appservice_id: str, txn_id: int) -> bytes:
-    return b"t\x00" + appservice_id.encode() + b"\x00" + txn_id.to_bytes(8, "big")
+def txn_key(appservice_id: str, txn_id: int, part: int = 0) -> bytes:
+    """The key of a stored transaction (``part`` 0: its head) or of part ``part`` ≥ 1 of a split one."""
+    key = b"t\x00" + appservice_id.encode() + b"\x00" + txn_id.to_bytes(8, "big")
+    return key if part == 0 else key + part.to_bytes(4, "big")
 
 
 def load_state(store: KeyValueStore, appservice_id: str) -> StoredAppservice:
@@ -196,8 +206,12 @@ class _Bodies:
         if len(body) <= INLINE_BODY_MAX:
             self._inline[txn_id] = body  # written with the state, the step's commit point
         else:
-            # A key the durable state does not reference yet: written before the state.
-            self._store.put(txn_key(self._id, txn_id), encode_txn(StoredTxn(txn_id, body)))
+            # Keys the durable state does not reference yet: written before the
+            # state. The head last, so a head is only ever found with its parts.
+            head, *parts = encode_txn_parts(StoredTxn(txn_id, body))
+            for number, part in enumerate(parts, start=1):
+                self._store.put(txn_key(self._id, txn_id, number), part)
+            self._store.put(txn_key(self._id, txn_id), head)
 
     def body(self, txn_id: TxnID) -> bytes:
         """Raises: InvariantBroken if the state says the txn is stored and it is not."""
@@ -209,7 +223,11 @@ class _Bodies:
     def forget(self, txn_id: TxnID) -> None:
         self._formed.pop(txn_id, None)
         if self._inline.pop(txn_id, None) is None:
-            self._store.delete(txn_key(self._id, txn_id))  # held until after the state
+            # Deletes are held until after the state.
+            raw = self._store.get(txn_key(self._id, txn_id))
+            part_count = 1 if raw is None else decode_txn_head(raw).part_count
+            for number in range(part_count):
+                self._store.delete(txn_key(self._id, txn_id, number))
 
     def inline_body_of(self, machine: AppserviceState) -> bytes | None:
         return None if machine.inflight is None else self._inline.get(machine.inflight.txn_id)
@@ -247,8 +265,21 @@ def _apply(
 
 
 def _stored_body(store: KeyValueStore, appservice_id: AppserviceID, txn_id: TxnID) -> bytes:
+    """The body stored under ``txn_id``'s key, its parts joined.
+
+    Raises: InvariantBroken if it, or one of its parts, is not stored.
+    """
     raw = store.get(txn_key(appservice_id, txn_id))
-    stored = None if raw is None else decode_txn(raw)
-    if stored is None or stored.txn_id != txn_id:
+    head = None if raw is None else decode_txn_head(raw)
+    if head is None or head.txn_id != txn_id:
         raise InvariantBroken(f"txn {txn_id} of {appservice_id} is not stored")
-    return stored.body
+    parts = [head.first]
+    for number in range(1, head.part_count):
+        raw = store.get(txn_key(appservice_id, txn_id, number))
+        part = None if raw is None else decode_txn(raw)
+        if part is None or part.txn_id != txn_id:
+            raise InvariantBroken(
+                f"part {number} of {head.part_count} of txn {txn_id} of {appservice_id} is not stored"
+            )
+        parts.append(part.body)
+    return b"".join(parts)

@@ -58,7 +58,8 @@ class RecordingAppservice:
         self._gate.set()
 
     async def start(self) -> str:
-        app = web.Application()
+        # 100 events at the spec's 64 KiB limit make a 6.4 MB transaction.
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_put("/_matrix/app/v1/transactions/{txn_id}", self._transaction)
         app.router.add_post("/_matrix/app/v1/ping", self._ping)
         self._runner = web.AppRunner(app, access_log=None)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import orjson
 import pytest
 
+from streams.codec import MAX_TXN_PART_BYTES
 from streams.delivery import INLINE_BODY_MAX, run_step
 from streams.machine import (
     Input,
@@ -50,12 +51,18 @@ class LoggingStore:
 
 # ~110 bytes per event: a full txn (100) is over INLINE_BODY_MAX and gets its own
 # record, smaller ones travel inline in the state; the plan crosses both ways.
+# Events 151-160 are ~120 kB each: the txn holding them is over MAX_TXN_PART_BYTES
+# and is stored in parts (and they are parked in several backlog chunks first).
 PADDING = b"x" * 100
+HUGE = range(151, 161)
 
 
 def arrived(*offsets: int) -> ItemsArrived:
     return ItemsArrived(
-        tuple(Item(ItemKind.EVENT, SourcePosition(0, o), b'{"o":%d,"p":"%s"}' % (o, PADDING)) for o in offsets)
+        tuple(
+            Item(ItemKind.EVENT, SourcePosition(0, o), b'{"o":%d,"p":"%s"}' % (o, PADDING * (1200 if o in HUGE else 1)))
+            for o in offsets
+        )
     )
 
 
@@ -123,6 +130,10 @@ CASES = [(step, prefix) for step, count in enumerate(writes_of_each_step()) for 
 def test_the_plan_stores_bodies_both_inline_and_under_their_own_key() -> None:
     sizes = [len(body) for body in drive(None)[2].values()]
     assert min(sizes) <= INLINE_BODY_MAX < max(sizes)
+
+
+def test_the_plan_stores_a_body_in_parts() -> None:
+    assert max(len(body) for body in drive(None)[2].values()) > 2 * MAX_TXN_PART_BYTES
 
 
 def test_without_a_crash_everything_is_delivered_in_order() -> None:

@@ -16,7 +16,18 @@ from streams.backlog import (
     decode_chunk,
     encode_chunk,
 )
-from streams.codec import StoredAppservice, StoredTxn, decode_appservice, decode_txn, encode_appservice, encode_txn
+from streams.codec import (
+    MAX_TXN_PART_BYTES,
+    StoredAppservice,
+    StoredTxn,
+    TxnHead,
+    decode_appservice,
+    decode_txn,
+    decode_txn_head,
+    encode_appservice,
+    encode_txn,
+    encode_txn_parts,
+)
 from streams.delivery import INLINE_BODY_MAX, BodyFormat, run_step, state_key, txn_key
 from streams.errors import InvariantBroken
 from streams.machine import (
@@ -120,6 +131,27 @@ def test_txn_golden_bytes_and_round_trip() -> None:
     raw = encode_txn(StoredTxn(TxnID(258), b'{"events":[]}'))
     assert raw == b'\x01\x00\x00\x00\x00\x00\x00\x01\x02{"events":[]}'
     assert decode_txn(raw) == StoredTxn(TxnID(258), b'{"events":[]}')
+
+
+def test_a_body_over_the_part_size_is_split_golden_bytes() -> None:
+    body = b"a" * MAX_TXN_PART_BYTES + b"bc"
+    head, second = encode_txn_parts(StoredTxn(TxnID(258), body))
+    assert head == b"\x02\x00\x00\x00\x00\x00\x00\x01\x02\x00\x00\x00\x02" + b"a" * MAX_TXN_PART_BYTES
+    assert second == b"\x01\x00\x00\x00\x00\x00\x00\x01\x02bc"
+    assert decode_txn_head(head) == TxnHead(TxnID(258), 2, b"a" * MAX_TXN_PART_BYTES)
+    assert decode_txn(second) == StoredTxn(TxnID(258), b"bc")
+
+
+def test_a_body_that_fits_one_part_is_one_version_1_record() -> None:
+    body = b"a" * MAX_TXN_PART_BYTES
+    assert encode_txn_parts(StoredTxn(TxnID(1), body)) == [encode_txn(StoredTxn(TxnID(1), body))]
+    assert decode_txn_head(encode_txn(StoredTxn(TxnID(1), body))) == TxnHead(TxnID(1), 1, body)
+
+
+@pytest.mark.parametrize("raw", [b"\x02\x00\x00", b"\x02" + bytes(8) + b"\x00\x00\x00\x01", b"\x03abc"])
+def test_bad_txn_heads_raise(raw: bytes) -> None:
+    with pytest.raises(InvariantBroken):
+        decode_txn_head(raw)
 
 
 def test_backlog_is_fifo_across_chunks_and_partial_takes() -> None:
@@ -233,6 +265,40 @@ def test_a_big_txn_gets_its_own_key_written_before_the_state_and_deleted_after_d
     assert resent.body == big.body
     run_step(AS, [TxnSucceeded(big.txn_id)], store, now_ms=4000, config=CONFIG)
     assert set(store.data) == {state_key(AS)}
+
+
+def spec_sized_items(*offsets: int) -> ItemsArrived:
+    pad = b"x" * (64 * 1024 - 20)  # events at the Matrix spec's 64 KiB limit
+    return ItemsArrived(
+        tuple(Item(ItemKind.EVENT, SourcePosition(0, o), b'{"o":%d,"p":"%s"}' % (o, pad)) for o in offsets)
+    )
+
+
+def test_100_events_of_64_kib_are_stored_in_records_under_the_kafka_limit_and_sent_whole() -> None:
+    store = DictStore()
+    first = run_step(AS, [arrived(0)], store, now_ms=1000, config=CONFIG).sends[0]
+    run_step(AS, [spec_sized_items(*range(1, 101))], store, now_ms=1000, config=CONFIG)
+    written: list[int] = []
+    store.put = lambda key, value: (written.append(len(value)), store.data.__setitem__(key, value))  # type: ignore[method-assign]
+    [big] = run_step(AS, [TxnSucceeded(first.txn_id)], store, now_ms=2000, config=CONFIG).sends
+    assert len(big.body) > 6_000_000
+    assert [e["o"] for e in orjson.loads(big.body)["events"]] == list(range(1, 101))
+    assert max(written) <= MAX_TXN_PART_BYTES + 64 < 1_000_000, "every changelog record fits under Kafka's 1 MB"
+    assert decode_txn_head(store.data[txn_key(AS, big.txn_id)]).part_count == 13
+    [resent] = run_step(AS, [Resume()], store, now_ms=3000, config=CONFIG).sends
+    assert resent.body == big.body
+    run_step(AS, [TxnSucceeded(big.txn_id)], store, now_ms=4000, config=CONFIG)
+    assert set(store.data) == {state_key(AS)}, "every part is deleted once delivered"
+
+
+def test_a_split_txn_missing_a_part_is_our_bug_and_says_which() -> None:
+    store = DictStore()
+    first = run_step(AS, [arrived(0)], store, now_ms=1000, config=CONFIG).sends[0]
+    run_step(AS, [spec_sized_items(*range(1, 11))], store, now_ms=1000, config=CONFIG)
+    [big] = run_step(AS, [TxnSucceeded(first.txn_id)], store, now_ms=2000, config=CONFIG).sends
+    del store.data[txn_key(AS, big.txn_id, 1)]
+    with pytest.raises(InvariantBroken, match="part 1 of 2"):
+        run_step(AS, [Resume()], store, now_ms=3000, config=CONFIG)
 
 
 def test_a_txn_stored_by_the_previous_release_under_its_own_key_is_resent_and_then_deleted() -> None:
