@@ -8,6 +8,7 @@ never into a log line.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import aiohttp
@@ -18,6 +19,35 @@ from streams.outcome import ConnectFailed, Delivered, HttpError, Outcome, TimedO
 from streams.registration import Registration
 
 log = logging.getLogger(__name__)
+
+# An appservice answers a transaction with `{}` and an error with a small JSON
+# object: more than this is not read (a 200 MB answer had taken a worker to
+# 905 MB and slowed every other appservice), and the attempt fails.
+MAX_RESPONSE_BYTES = 1024 * 1024
+_READ_CHUNK = 64 * 1024
+
+
+class _ResponseTooLarge(Exception):
+    pass
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, within_s: float) -> bytes:
+    """The response body, read within ``within_s`` in all (not only between reads).
+
+    Raises:
+        _ResponseTooLarge: the body is over ``MAX_RESPONSE_BYTES``.
+        TimeoutError: it did not arrive whole in time (a body dribbled a byte a
+            second kept a txn in flight 60 s past a 3 s response timeout).
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async with asyncio.timeout(within_s):
+        async for chunk in response.content.iter_chunked(_READ_CHUNK):
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise _ResponseTooLarge
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _retry_after_ms(response: aiohttp.ClientResponse, body: bytes) -> int | None:
@@ -53,6 +83,7 @@ class AppserviceClient:
         self, *, connect_timeout_s: float, response_timeout_s: float, legacy_authorization: bool = False
     ) -> None:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=response_timeout_s)
+        self._response_timeout_s = response_timeout_s
         self._legacy = legacy_authorization
         self._sessions: dict[str, aiohttp.ClientSession] = {}
 
@@ -78,7 +109,10 @@ class AppserviceClient:
             async with self._session(registration).put(
                 url, data=body, headers=_headers(registration), params=params, allow_redirects=False
             ) as response:
-                payload = await response.read()
+                try:
+                    payload = await _read_bounded(response, self._response_timeout_s)
+                except _ResponseTooLarge:
+                    return HttpError(response.status, f"response over {MAX_RESPONSE_BYTES} bytes")
                 if 200 <= response.status < 300:
                     try:
                         orjson.loads(payload)
@@ -104,7 +138,10 @@ class AppserviceClient:
             async with self._session(registration).post(
                 url, data=body, headers=_headers(registration), allow_redirects=False
             ) as response:
-                payload = await response.read()
+                try:
+                    payload = await _read_bounded(response, self._response_timeout_s)
+                except _ResponseTooLarge:
+                    return HttpError(response.status, body=f"response over {MAX_RESPONSE_BYTES} bytes")
                 if 200 <= response.status < 300:
                     return Delivered(response.status)
                 return HttpError(response.status, body=payload.decode(errors="replace")[:1000])

@@ -10,6 +10,7 @@ appservice's pending transaction at once (``PingSucceeded`` to its machine).
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,8 @@ def authorize(
     if not access_token:
         return _error(401, "M_MISSING_TOKEN", "Missing access token")
     registration = registrations.get(AppserviceID(appservice_id))
-    if registration is None or registration.as_token != access_token:
+    # Compared in constant time, as bytes (compare_digest refuses non-ASCII str).
+    if registration is None or not hmac.compare_digest(registration.as_token.encode(), access_token.encode()):
         return _error(403, "M_FORBIDDEN", "Access token does not belong to this appservice")
     if registration.url is None:
         return _error(400, "M_URL_NOT_SET", "The appservice has no URL to ping")

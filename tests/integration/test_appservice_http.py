@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from agents.appservice_http import AppserviceClient
+from agents.appservice_http import MAX_RESPONSE_BYTES, AppserviceClient
 from streams.matrix import TxnID
-from streams.outcome import Delivered, HttpError
+from streams.outcome import Delivered, HttpError, TimedOut
 from streams.registration import Registration, parse_registration
 
 
@@ -84,3 +86,65 @@ async def test_a_redirected_ping_is_a_failed_ping(redirecting: tuple[Redirecting
     assert isinstance(outcome, HttpError) and outcome.status == 302
     assert not isinstance(outcome, Delivered)
     assert server.reached_target == []
+
+
+async def serve(handler: object) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_put("/_matrix/app/v1/transactions/{txn_id}", handler)  # type: ignore[arg-type]
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def test_a_response_body_dribbled_past_the_response_timeout_is_a_timed_out_attempt() -> None:
+    async def dribble(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for _ in range(20):  # a byte every 0.3 s: each gap is under the timeout, the whole is not
+            await response.write(b" ")
+            await asyncio.sleep(0.3)
+        await response.write(b"{}")
+        return response
+
+    runner, url = await serve(dribble)
+    client = AppserviceClient(connect_timeout_s=5, response_timeout_s=1.5)
+    started = time.monotonic()
+    try:
+        outcome = await client.put_transaction(registration(url), TxnID(1), b'{"events": []}')
+    finally:
+        await client.stop()
+        await runner.cleanup()
+    assert outcome == TimedOut("response")
+    assert time.monotonic() - started < 4.0
+
+
+async def test_a_response_body_over_the_cap_is_not_read_whole_and_fails_the_attempt() -> None:
+    sent = 0
+
+    async def flood(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        chunk = b" " * (1024 * 1024)
+        try:
+            for _ in range(50):  # 50 MB of whitespace, then a valid {}
+                await response.write(chunk)
+                sent += len(chunk)
+            await response.write(b"{}")
+        except (ConnectionResetError, RuntimeError):
+            pass  # the client hung up, as it should
+        return response
+
+    runner, url = await serve(flood)
+    client = AppserviceClient(connect_timeout_s=5, response_timeout_s=10)
+    try:
+        outcome = await client.put_transaction(registration(url), TxnID(1), b'{"events": []}')
+    finally:
+        await client.stop()
+        await runner.cleanup()
+    assert isinstance(outcome, HttpError) and outcome.status == 200
+    assert outcome.errcode == f"response over {MAX_RESPONSE_BYTES} bytes"
+    assert sent < 50 * 1024 * 1024, "the client stopped reading long before the end"

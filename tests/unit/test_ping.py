@@ -36,6 +36,8 @@ def test_the_appservices_own_token_is_accepted() -> None:
         ("a", None, 401, "M_MISSING_TOKEN"),
         ("a", "as-b", 403, "M_FORBIDDEN"),
         ("a", "wrong", 403, "M_FORBIDDEN"),
+        ("a", "as-ä", 403, "M_FORBIDDEN"),  # non-ASCII: compared as bytes, no TypeError
+        ("a", "as-a ", 403, "M_FORBIDDEN"),
         ("nobody", "as-a", 403, "M_FORBIDDEN"),
         ("b", "as-b", 400, "M_URL_NOT_SET"),
     ],
