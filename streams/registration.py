@@ -22,6 +22,7 @@ import yaml
 
 from streams.errors import RegistrationError
 from streams.matrix import REG_MSC3202, REG_PUSH_EPHEMERAL_MSC2409, AppserviceID, UserID
+from streams.regex_safety import nested_repetition
 
 REGISTRATION_SUFFIXES = (".yaml", ".yml")
 NAMESPACE_KINDS = ("users", "aliases", "rooms")
@@ -126,6 +127,13 @@ def _parse_namespace(entry: object, where: str, source: Path) -> Namespace:
             f"{where}.regex",
             f"is not a valid regular expression ({exc}): {regex!r}",
         ) from exc
+    if nested_repetition(regex):
+        raise RegistrationError(
+            source,
+            f"{where}.regex",
+            f"repeats a repetition without bound ({regex!r}): matching can take exponential time on some IDs "
+            "and stall the worker; rewrite it without the nesting (e.g. '(a+)+' as 'a+')",
+        )
     if "exclusive" not in entry:
         raise RegistrationError(source, f"{where}.exclusive", "is required but missing (true or false)")
     exclusive = entry["exclusive"]

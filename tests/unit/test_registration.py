@@ -206,6 +206,11 @@ def test_registration_error_is_a_config_error(tmp_path: Path) -> None:
             "missing ), unterminated subpattern",
         ),
         (
+            with_namespaces(users=[{"regex": "@(a+)+$", "exclusive": True}]),
+            "namespaces.users[0].regex",
+            "exponential time",
+        ),
+        (
             with_namespaces(aliases=[{"regex": "#a.*"}]),
             "namespaces.aliases[0].exclusive",
             "missing",
