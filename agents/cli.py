@@ -36,7 +36,12 @@ def _kafka(args: argparse.Namespace) -> int:
             print("kafka stopped and its data deleted")
         else:
             status = kafka.status()
-            print(status)
+            if status.running:
+                print(f"kafka running on 127.0.0.1:{status.port} (pid {status.pid})")
+            elif status.answering:
+                print(f"kafka not started from {kafka.home}, but 127.0.0.1:{status.port} answers (another process)")
+            else:
+                print(f"kafka not running (127.0.0.1:{status.port})")
             return 0 if status.running else 1
     except LocalKafkaError as exc:
         print(f"appservice-streams kafka {args.action}: {exc}", file=sys.stderr)
@@ -57,8 +62,11 @@ def _worker(args: argparse.Namespace) -> int:
             data_dir=Path(args.data_dir) if args.data_dir else None,
         )
         registrations = load_registrations(settings.registrations_dir)
+        from agents.http_api import bind
         from agents.topics import ensure_worker_topics
 
+        # Everything local is checked before Kafka is touched.
+        http_listener = bind(settings.http_host, settings.http_port)
         ensure_worker_topics(settings)
     except ConfigError as exc:
         print(f"appservice-streams worker: {exc}", file=sys.stderr)
@@ -68,7 +76,7 @@ def _worker(args: argparse.Namespace) -> int:
     from agents.pipeline import create_pipeline
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    pipeline = create_pipeline(settings, registrations)
+    pipeline = create_pipeline(settings, registrations, http_listener)
     for r in registrations:
         log.info("appservice %s: %s", r.id, "url: null, nothing is sent" if r.url is None else r.url)
     worker = faust.Worker(pipeline.app, loglevel=args.log_level, quiet=True, redirect_stdouts=False)
@@ -78,13 +86,18 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _produce(args: argparse.Namespace) -> int:
     import orjson
+    from confluent_kafka import KafkaException
 
     from agents.producer import EventProducer
 
     bootstrap = args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092"
     name = args.file or "<stdin>"
-    source = open(args.file, "rb") if args.file else sys.stdin.buffer  # noqa: SIM115
-    producer = EventProducer(bootstrap, args.topic)
+    try:
+        source = open(args.file, "rb") if args.file else sys.stdin.buffer  # noqa: SIM115
+    except OSError as exc:
+        print(f"appservice-streams produce: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    producer = EventProducer(bootstrap, args.topic, **{"message.timeout.ms": int(args.timeout * 1000)})
     sent = refused = 0
     try:
         for number, line in enumerate(source, start=1):
@@ -104,7 +117,10 @@ def _produce(args: argparse.Namespace) -> int:
                 print(f"{name}:{number}: refused: {exc}", file=sys.stderr)
             if sent and sent % 10_000 == 0:
                 print(f"{sent} records queued", file=sys.stderr)
-        producer.flush()
+        producer.flush(args.timeout + 5)
+    except KafkaException as exc:
+        print(f"appservice-streams produce: Kafka at {bootstrap} did not take the records: {exc}", file=sys.stderr)
+        return 1
     finally:
         if args.file:
             source.close()
@@ -118,8 +134,18 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.home), events=args.events)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("appservice-streams")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="appservice-streams", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     kafka = sub.add_parser("kafka", help="run the local Kafka broker")
@@ -139,13 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--app-id", help="consumer group and topic prefix (default appservice-streams)")
     worker.add_argument("--bootstrap-servers", help="Kafka (default KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)")
     worker.add_argument("--data-dir", help="RocksDB state folder (default .data)")
-    worker.add_argument("--log-level", default="info")
+    worker.add_argument(
+        "--log-level", default="info", type=str.lower, choices=["debug", "info", "warning", "error", "critical"]
+    )
     worker.set_defaults(run=_worker)
 
     produce = sub.add_parser("produce", help="produce JSON lines (events or envelopes) to the input topic")
     produce.add_argument("file", nargs="?", help="JSON lines file (default: standard input)")
     produce.add_argument("--topic", default="matrix.events")
     produce.add_argument("--bootstrap-servers")
+    produce.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for Kafka to take each record (default 30)"
+    )
     produce.set_defaults(run=_produce)
 
     sub.add_parser("bench", help="the benchmark: appservice-streams bench --help")

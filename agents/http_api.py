@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 
 import orjson
@@ -62,27 +63,46 @@ def build(pipeline: Pipeline) -> web.Application:
     return app
 
 
+def bind(host: str, port: int) -> socket.socket | None:
+    """The HTTP API's listening socket, bound before anything else starts; None when port is 0 (off).
+
+    A port in use or a bad address is then an error at start-up (exit 2), not a
+    crash once Kafka is joined (exit 70, which a supervisor restarts forever).
+
+    Raises: ConfigError naming the setting.
+    """
+    if not port:
+        return None
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(128)
+        listener.setblocking(False)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve the HTTP API on {host}:{port} (APPSERVICE_STREAMS_HTTP_HOST/_PORT): {exc.strerror or exc}"
+        ) from exc
+    return listener
+
+
 class HttpApi:
     """Symmetric start/stop around an aiohttp runner; no I/O in the constructor."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, listener: socket.socket | None = None) -> None:
         self._pipeline = pipeline
+        self._listener = listener
         self._runner: web.AppRunner | None = None
         self.started = asyncio.Event()
 
     async def start(self) -> None:
-        """Raises: ConfigError when the address cannot be bound (e.g. the port is taken)."""
+        """Serve on the listener bound at start-up (``bind``), if any."""
         settings = self._pipeline.settings
-        if settings.http_port:
+        if self._listener is not None:
             self._runner = web.AppRunner(build(self._pipeline), access_log=None)
             await self._runner.setup()
-            try:
-                await web.TCPSite(self._runner, settings.http_host, settings.http_port).start()
-            except OSError as exc:
-                where = f"{settings.http_host}:{settings.http_port}"
-                raise ConfigError(
-                    f"cannot serve the HTTP API on {where} (APPSERVICE_STREAMS_HTTP_PORT): {exc}"
-                ) from exc
+            await web.SockSite(self._runner, self._listener).start()
             log.info("HTTP API on http://%s:%d", settings.http_host, settings.http_port)
         self.started.set()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,7 +104,9 @@ def _bound_fetch_wait(app: Any, wait_ms: int) -> None:
     thread._create_worker_consumer = create_worker_consumer
 
 
-def create_pipeline(settings: Settings, registrations: tuple[Registration, ...]) -> Pipeline:
+def create_pipeline(
+    settings: Settings, registrations: tuple[Registration, ...], http_listener: socket.socket | None = None
+) -> Pipeline:
     app = faust.App(
         settings.app_id,
         broker=_broker_urls(settings.bootstrap_servers),
@@ -165,7 +168,7 @@ def create_pipeline(settings: Settings, registrations: tuple[Registration, ...])
     routing = router.install(settings, pipeline.interest, list(pipeline.registrations))
     senders = deliverer.install(pipeline)
     delayer.install(pipeline)
-    http_api = HttpApi(pipeline)
+    http_api = HttpApi(pipeline, http_listener)
 
     @app.task  # type: ignore[untyped-decorator]
     async def start_http_api() -> None:

@@ -95,6 +95,19 @@ def _number(env: Mapping[str, str], name: str, default: float, *, zero_allowed: 
     return value
 
 
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    """A TCP port from ``name``: a whole number 0-65535 (0: off, or any free port where so documented).
+
+    Raises: ConfigError naming the variable (``80.5`` was truncated to 80, ``99999`` passed).
+    """
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.strip().isdigit() or not 0 <= int(raw) <= 65535:
+        raise ConfigError(f"environment variable {name}={raw!r} is not a port (a whole number from 0 to 65535)")
+    return int(raw)
+
+
 def from_environment(registrations_dir: Path, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Settings from ``APPSERVICE_STREAMS_*`` / ``KAFKA_BOOTSTRAP_SERVERS``, then ``overrides``.
 
@@ -120,7 +133,7 @@ def from_environment(registrations_dir: Path, env: Mapping[str, str] | None = No
         "instance_id": env.get("APPSERVICE_STREAMS_INSTANCE_ID") or None,
         "session_timeout_s": _number(env, "APPSERVICE_STREAMS_SESSION_TIMEOUT_S", 10.0),
         "http_host": env.get("APPSERVICE_STREAMS_HTTP_HOST") or "127.0.0.1",
-        "http_port": int(_number(env, "APPSERVICE_STREAMS_HTTP_PORT", 8009, zero_allowed=True)),
+        "http_port": _port(env, "APPSERVICE_STREAMS_HTTP_PORT", 8009),
         "fetch_max_wait_ms": int(_number(env, "APPSERVICE_STREAMS_FETCH_MAX_WAIT_MS", 10)),
         "legacy_authorization": env.get("APPSERVICE_STREAMS_LEGACY_AUTHORIZATION", "").lower() in ("1", "true", "yes"),
     }

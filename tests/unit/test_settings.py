@@ -46,3 +46,13 @@ def test_a_zero_fetch_wait_is_refused() -> None:
 def test_a_missing_server_name_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="MATRIX_SERVER_NAME"):
         from_environment(Path("r"), {})
+
+
+@pytest.mark.parametrize("raw", ["80.5", "99999", "65536", "1e3", " "])
+def test_a_port_that_is_not_a_whole_number_from_0_to_65535_is_a_config_error(raw: str) -> None:
+    with pytest.raises(ConfigError, match=r"APPSERVICE_STREAMS_HTTP_PORT.*not a port"):
+        settings(APPSERVICE_STREAMS_HTTP_PORT=raw)
+
+
+def test_the_highest_port_is_accepted() -> None:
+    assert from_environment(Path("r"), {**BASE, "APPSERVICE_STREAMS_HTTP_PORT": "65535"}).http_port == 65535
