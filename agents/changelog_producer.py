@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from agents.kafka_logging import LOGGER as KAFKA_LOG
+
 log = logging.getLogger(__name__)
 
 POLL_S = 0.1
@@ -73,6 +75,7 @@ def _confluent_producer(bootstrap_servers: str) -> Producer:
     return Producer(
         {
             "bootstrap.servers": bootstrap_servers,
+            "logger": KAFKA_LOG,
             "acks": "all",
             "enable.idempotence": True,
             # A record waits for no batch-mate: batches form by themselves

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from agents.kafka_logging import LOGGER as KAFKA_LOG
 from streams.backlog import KeyValueStore
 from streams.errors import InvariantBroken
 
@@ -86,6 +87,7 @@ def records_between(bootstrap: str, topic: str, partition: int, start: int, end:
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
+            "logger": KAFKA_LOG,
             "group.id": "appservice-streams-gap-check",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
@@ -115,7 +117,9 @@ def records_between(bootstrap: str, topic: str, partition: int, start: int, end:
 
 def committed_offset(bootstrap: str, group: str, topic: str, partition: int, timeout_s: float = 15.0) -> int:
     """The offset ``group`` committed for the partition, 0 if none (blocking; does not join the group)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "logger": KAFKA_LOG, "group.id": group, "enable.auto.commit": False}
+    )
     try:
         [committed] = consumer.committed([TopicPartition(topic, partition)], timeout=timeout_s)
         offset = committed.offset

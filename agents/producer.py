@@ -14,6 +14,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
+from agents.kafka_logging import LOGGER as KAFKA_LOG
 from streams import envelope
 from streams.errors import BadRecord
 
@@ -28,6 +29,7 @@ class EventProducer:
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap_servers,
+                "logger": KAFKA_LOG,
                 "partitioner": "murmur2_random",
                 "enable.idempotence": True,
                 "linger.ms": 2,

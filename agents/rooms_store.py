@@ -24,6 +24,7 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from rocksdict import Options, Rdict, WriteBatch
 
+from agents.kafka_logging import LOGGER as KAFKA_LOG
 from streams.errors import InvariantBroken
 from streams.matrix import RoomID
 from streams.rooms import RoomState, decode_room, encode_room
@@ -125,6 +126,7 @@ class RoomsStore:
         consumer = Consumer(
             {
                 "bootstrap.servers": self._bootstrap,
+                "logger": KAFKA_LOG,
                 "group.id": "appservice-streams-rooms-restore",  # never commits
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,

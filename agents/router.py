@@ -41,6 +41,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from agents.fatal import fatal
+from agents.kafka_logging import LOGGER as KAFKA_LOG
 from agents.rooms_store import RoomsStore
 from agents.topics import key_partition
 from streams.dead_letter import Reason, dead_letter
@@ -95,6 +96,7 @@ class Router:
         s = self._settings
         config: dict[str, Any] = {
             "bootstrap.servers": s.bootstrap_servers,
+            "logger": KAFKA_LOG,
             "group.id": s.router_group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
@@ -117,6 +119,7 @@ class Router:
         producer = Producer(
             {
                 "bootstrap.servers": s.bootstrap_servers,
+                "logger": KAFKA_LOG,
                 "acks": "all",
                 "enable.idempotence": True,
                 "linger.ms": 1,

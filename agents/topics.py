@@ -13,15 +13,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from typing import Any
 
 from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from agents.kafka_logging import LOGGER as KAFKA_LOG
 from streams.errors import ConfigError
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def _admin_config(bootstrap_servers: str) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap_servers, "logger": KAFKA_LOG}
 
 
 def ensure_topics(
@@ -34,7 +40,7 @@ def ensure_topics(
         ConfigError: the broker cannot be reached, refuses a topic, or does
             not list one within ``timeout_s``.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient(_admin_config(bootstrap_servers))
     try:
         existing = admin.list_topics(timeout=timeout_s).topics
     except KafkaException as exc:
@@ -132,7 +138,7 @@ def delete_prefixed(bootstrap_servers: str, prefixes: tuple[str, ...], timeout_s
     Raises:
         KafkaException: the broker cannot be reached to list the topics.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient(_admin_config(bootstrap_servers))
     topics = [t for t in admin.list_topics(timeout=timeout_s).topics if t.startswith(prefixes)]
     if topics:
         for future in admin.delete_topics(topics, operation_timeout=timeout_s).values():
