@@ -1,0 +1,60 @@
+"""The Docker compose file and the systemd unit, read as an operator's tools would read them."""
+
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).parents[2]
+
+
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "docker-compose.kafka.yml").read_text()))
+
+
+def test_broker_data_survives_down_and_up_on_a_named_volume_with_a_fixed_cluster_id() -> None:
+    kafka = compose()["services"]["kafka"]
+    log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"]
+    assert f"kafka-data:{log_dirs}" in kafka["volumes"]
+    assert "kafka-data" in compose()["volumes"]
+    cluster_id = kafka["environment"]["CLUSTER_ID"]
+    assert len(cluster_id) == 22, "a Kafka cluster id is 16 bytes in unpadded base64url"
+
+
+def test_worker_state_is_on_a_named_volume_where_the_worker_keeps_it() -> None:
+    worker = compose()["services"]["worker"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "APPSERVICE_STREAMS_DATA_DIR=/data" in dockerfile
+    assert "worker-state:/data" in worker["volumes"]
+
+
+def test_a_missing_registrations_folder_is_an_error_at_up_not_a_restart_loop() -> None:
+    [bind] = [v for v in compose()["services"]["worker"]["volumes"] if isinstance(v, dict)]
+    assert (bind["source"], bind["target"], bind["bind"]["create_host_path"]) == (
+        "./registrations",
+        "/registrations",
+        False,
+    )
+
+
+def test_nothing_is_published_beyond_loopback() -> None:
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port}"
+
+
+def test_the_build_context_leaves_out_environments_data_and_tests() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv*", ".kafka", ".data", "**/node_modules", "tests", ".git"} <= set(ignored)
+
+
+def test_systemd_restarts_on_failure_but_not_on_a_configuration_error() -> None:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(ROOT / "deploy/systemd/appservice-streams-worker.service")
+    service = unit["Service"]
+    assert service["Restart"] == "on-failure"
+    assert service["RestartPreventExitStatus"] == "2"
+    assert service["ExecStart"].split()[1:3] == ["worker", "--registrations"]
