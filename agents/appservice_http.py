@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+from pathlib import Path
 
 import aiohttp
 import orjson
 
+from streams.errors import ConfigError
 from streams.matrix import PING_PATH, TRANSACTIONS_PATH, TxnID
 from streams.outcome import ConnectFailed, Delivered, HttpError, Outcome, TimedOut
 from streams.registration import Registration
@@ -78,10 +81,33 @@ def _failure(exc: BaseException) -> Outcome:
     return ConnectFailed(type(exc).__name__)
 
 
+def appservice_tls(ca_file: Path | None) -> ssl.SSLContext:
+    """How appservices' certificates are checked: always verified, against the system's CAs plus ``ca_file``.
+
+    Raises: ConfigError when ``ca_file`` holds no CA certificate.
+    """
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"APPSERVICE_STREAMS_APPSERVICE_CA_FILE={ca_file}: no CA certificate in it ({exc})"
+            ) from exc
+    return context
+
+
 class AppserviceClient:
     def __init__(
-        self, *, connect_timeout_s: float, response_timeout_s: float, legacy_authorization: bool = False
+        self,
+        *,
+        connect_timeout_s: float,
+        response_timeout_s: float,
+        legacy_authorization: bool = False,
+        ca_file: Path | None = None,
     ) -> None:
+        """Raises: ConfigError when ``ca_file`` holds no certificate."""
+        self._tls = appservice_tls(ca_file)
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=response_timeout_s)
         self._response_timeout_s = response_timeout_s
         self._legacy = legacy_authorization
@@ -90,7 +116,7 @@ class AppserviceClient:
     def _session(self, registration: Registration) -> aiohttp.ClientSession:
         session = self._sessions.get(registration.id)
         if session is None or session.closed:
-            connector = aiohttp.TCPConnector(limit=4, enable_cleanup_closed=True)
+            connector = aiohttp.TCPConnector(limit=4, enable_cleanup_closed=True, ssl=self._tls)
             session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, json_serialize=lambda o: orjson.dumps(o).decode()
             )

@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from streams.errors import BadRecord, ConfigError
+from streams.registration import Registration
 
 log = logging.getLogger("appservice_streams")
 
@@ -62,10 +64,12 @@ def _worker(args: argparse.Namespace) -> int:
             data_dir=Path(args.data_dir) if args.data_dir else None,
         )
         registrations = load_registrations(settings.registrations_dir)
+        from agents.appservice_http import appservice_tls
         from agents.http_api import bind
         from agents.topics import ensure_worker_topics
 
         # Everything local is checked before Kafka is touched.
+        appservice_tls(settings.appservice_ca_file)
         http_listener = bind(settings.http_host, settings.http_port)
         ensure_worker_topics(settings)
     except ConfigError as exc:
@@ -77,11 +81,26 @@ def _worker(args: argparse.Namespace) -> int:
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     pipeline = create_pipeline(settings, registrations, http_listener)
+    _warn_if_readable_by_others(registrations)
     for r in registrations:
         log.info("appservice %s: %s", r.id, "url: null, nothing is sent" if r.url is None else r.url)
     worker = faust.Worker(pipeline.app, loglevel=args.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()  # exits the process
     return 0
+
+
+def _warn_if_readable_by_others(registrations: Sequence[Registration]) -> None:
+    """A registration file holds an appservice's two tokens: say so when any local user can read it."""
+    for registration in registrations:
+        try:
+            mode = registration.source.stat().st_mode
+        except OSError:
+            continue
+        if mode & stat.S_IROTH:
+            log.warning(
+                "registration %s is readable by every user of this machine and holds tokens: chmod o-r it",
+                registration.source,
+            )
 
 
 def _produce(args: argparse.Namespace) -> int:

@@ -157,6 +157,7 @@ def create_pipeline(
             connect_timeout_s=settings.connect_timeout_s,
             response_timeout_s=settings.response_timeout_s,
             legacy_authorization=settings.legacy_authorization,
+            ca_file=settings.appservice_ca_file,
         ),
         acks=AckFilter(app),
         changelog=ChangelogProducer(settings.bootstrap_servers, fatal),

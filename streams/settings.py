@@ -30,6 +30,9 @@ class Settings:
     connect_timeout_s: float = 15.0
     response_timeout_s: float = 60.0
     legacy_authorization: bool = False
+    # Extra CA certificates to trust for appservices' HTTPS (e.g. a self-signed one); the
+    # system's store is always trusted, and certificates are always verified.
+    appservice_ca_file: Path | None = None
     # Agents take what is queued, up to batch_max, as one batch (see
     # agents.batching); batch_within_s is only the wait for a batch whose
     # queue never looks empty.
@@ -108,6 +111,17 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
+def _existing_file(env: Mapping[str, str], name: str) -> Path | None:
+    """Raises: ConfigError naming the variable when it names no readable file."""
+    raw = env.get(name)
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_file():
+        raise ConfigError(f"environment variable {name}={raw!r} names no file")
+    return path
+
+
 def from_environment(registrations_dir: Path, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Settings from ``APPSERVICE_STREAMS_*`` / ``KAFKA_BOOTSTRAP_SERVERS``, then ``overrides``.
 
@@ -136,6 +150,7 @@ def from_environment(registrations_dir: Path, env: Mapping[str, str] | None = No
         "http_port": _port(env, "APPSERVICE_STREAMS_HTTP_PORT", 8009),
         "fetch_max_wait_ms": int(_number(env, "APPSERVICE_STREAMS_FETCH_MAX_WAIT_MS", 10)),
         "legacy_authorization": env.get("APPSERVICE_STREAMS_LEGACY_AUTHORIZATION", "").lower() in ("1", "true", "yes"),
+        "appservice_ca_file": _existing_file(env, "APPSERVICE_STREAMS_APPSERVICE_CA_FILE"),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]

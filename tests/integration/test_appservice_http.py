@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +14,7 @@ from aiohttp import web
 
 from agents.appservice_http import MAX_RESPONSE_BYTES, AppserviceClient
 from streams.matrix import TxnID
-from streams.outcome import Delivered, HttpError, TimedOut
+from streams.outcome import ConnectFailed, Delivered, HttpError, TimedOut
 from streams.registration import Registration, parse_registration
 
 
@@ -148,3 +150,51 @@ async def test_a_response_body_over_the_cap_is_not_read_whole_and_fails_the_atte
     assert isinstance(outcome, HttpError) and outcome.status == 200
     assert outcome.errcode == f"response over {MAX_RESPONSE_BYTES} bytes"
     assert sent < 50 * 1024 * 1024, "the client stopped reading long before the end"
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that no CA signed, and its key."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def serve_tls(cert: Path, key: Path) -> tuple[web.AppRunner, str]:
+    async def accept(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_put("/_matrix/app/v1/transactions/{txn_id}", accept)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"https://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["refused-by-default", "trusted-with-its-ca"])
+async def test_an_appservice_with_a_self_signed_certificate_is_refused_unless_its_ca_is_added(
+    self_signed: tuple[Path, Path], trusted: bool
+) -> None:
+    cert, key = self_signed
+    runner, url = await serve_tls(cert, key)
+    client = AppserviceClient(connect_timeout_s=5, response_timeout_s=5, ca_file=cert if trusted else None)
+    try:
+        outcome = await client.put_transaction(registration(url), TxnID(1), b'{"events": []}')
+    finally:
+        await client.stop()
+        await runner.cleanup()
+    if trusted:
+        assert outcome == Delivered(200)
+    else:
+        assert isinstance(outcome, ConnectFailed), outcome

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from agents.topics import delete_prefixed
 from streams.local_kafka import LocalKafka
-from tests.support.worker_process import free_port, write_registration
+from tests.support.worker_process import WorkerProcess, free_port, write_registration
 
 ROOT = Path(__file__).parents[2]
 
@@ -92,3 +93,26 @@ def test_kafka_status_is_a_sentence(kafka: LocalKafka) -> None:
     result = run("kafka", "status", "--port", str(kafka.port))
     assert result.returncode == 0
     assert result.stdout.strip() == f"kafka running on 127.0.0.1:{kafka.port} (pid {kafka.status().pid})"
+
+
+def test_an_appservice_ca_file_without_a_certificate_is_one_line_and_exit_2(kafka: LocalKafka, tmp_path: Path) -> None:
+    write_registration(tmp_path / "registrations", "bridge", "https://127.0.0.1:9")
+    not_a_ca = tmp_path / "ca.pem"
+    not_a_ca.write_text("not a certificate\n")
+    env = {
+        "APPSERVICE_STREAMS_APPSERVICE_CA_FILE": str(not_a_ca),
+        "APPSERVICE_STREAMS_HTTP_PORT": "0",
+        "APPSERVICE_STREAMS_APP_ID": f"test-cli-{free_port()}",
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+    }
+    result = run("worker", "--registrations", str(tmp_path / "registrations"), env=env)
+    assert result.returncode == 2
+    assert "APPSERVICE_STREAMS_APPSERVICE_CA_FILE" in one_line_error(result)
+    delete_prefixed(kafka.bootstrap, (env["APPSERVICE_STREAMS_APP_ID"],))
+
+
+def test_a_registration_file_readable_by_every_user_is_warned_about(registrations: Path, worker: WorkerProcess) -> None:
+    path = write_registration(registrations, "bridge", "http://127.0.0.1:9")
+    path.chmod(0o644)
+    worker.start()
+    assert f"registration {path} is readable by every user" in worker.log_text()

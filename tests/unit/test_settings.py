@@ -56,3 +56,8 @@ def test_a_port_that_is_not_a_whole_number_from_0_to_65535_is_a_config_error(raw
 
 def test_the_highest_port_is_accepted() -> None:
     assert from_environment(Path("r"), {**BASE, "APPSERVICE_STREAMS_HTTP_PORT": "65535"}).http_port == 65535
+
+
+def test_an_appservice_ca_file_that_does_not_exist_is_a_config_error_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="APPSERVICE_STREAMS_APPSERVICE_CA_FILE"):
+        settings(APPSERVICE_STREAMS_APPSERVICE_CA_FILE="/nonexistent/ca.pem")
