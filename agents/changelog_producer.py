@@ -40,20 +40,29 @@ class ChangelogDeliveryError(Exception):
 class DeliveryGroup:
     """Counts a group's delivery reports down (on the poll thread) and settles its future once."""
 
-    __slots__ = ("_error", "_future", "_loop", "_offsets", "_remaining")
+    __slots__ = ("_error", "_future", "_loop", "_offsets", "_on_refused", "_remaining")
 
-    def __init__(self, count: int, future: asyncio.Future[dict[int, int]], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        count: int,
+        future: asyncio.Future[dict[int, int]],
+        loop: asyncio.AbstractEventLoop,
+        on_refused: Callable[[], None] | None = None,
+    ) -> None:
         self._remaining = count
         self._future = future
         self._loop = loop
         self._offsets: dict[int, int] = {}
         self._error: str | None = None
+        self._on_refused = on_refused
 
     def delivered(self, error: KafkaError | None, message: Message) -> None:
         partition = message.partition()
         if error is not None:
             if self._error is None:
                 self._error = f"{message.topic()}[{partition}]: {error}"
+                if self._on_refused is not None:
+                    self._on_refused()
         else:
             offset = message.offset()
             if partition is not None and offset is not None and offset > self._offsets.get(partition, -1):
@@ -104,6 +113,8 @@ class ChangelogProducer:
         self._producer: Producer | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._closed_clean = False  # close() flushed everything it was given
+        self._lost = False  # records were refused, or given after close()
 
     def _started(self) -> Producer:
         if self._producer is not None:
@@ -133,13 +144,14 @@ class ChangelogProducer:
         future: asyncio.Future[dict[int, int]] = loop.create_future()
         if self._stopping.is_set():
             log.debug("changelog producer closed: %d records not produced", len(records))
+            self._lost = self._lost or bool(records)
             future.cancel()
             return future
         if not records:
             future.set_result({})
             return future
         producer = self._started()
-        group = DeliveryGroup(len(records), future, loop)
+        group = DeliveryGroup(len(records), future, loop, self._refused)
         for partition, key, value in records:
             producer.produce(topic, value=value, key=key, partition=partition, on_delivery=group.delivered)
         return future
@@ -153,9 +165,10 @@ class ChangelogProducer:
 
     def close(self) -> None:
         """Deliver what is queued (up to FLUSH_TIMEOUT_S) and stop the poll thread."""
-        if self._producer is None or self._thread is None:
-            return
         self._stopping.set()
+        if self._producer is None or self._thread is None:
+            self._closed_clean = True
+            return
         self._thread.join()
         try:
             remaining = self._producer.flush(FLUSH_TIMEOUT_S)
@@ -165,6 +178,15 @@ class ChangelogProducer:
         if remaining:
             # Their groups' futures never resolve; nothing waiting on them acked its inputs.
             log.warning("changelog producer: %d records not acknowledged at shutdown", remaining)
+            return
+        self._closed_clean = True
+
+    def _refused(self) -> None:  # on the poll thread
+        self._lost = True
+
+    def everything_acknowledged(self) -> bool:
+        """After ``close``: whether Kafka acknowledged every record this producer was ever given."""
+        return self._closed_clean and not self._lost
 
 
 __all__ = ["ChangelogDeliveryError", "ChangelogProducer", "DeliveryGroup", "Record"]

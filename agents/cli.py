@@ -77,16 +77,25 @@ def _worker(args: argparse.Namespace) -> int:
         return 2
     import faust
 
+    from agents.local_state import open_tables, stopped_cleanly
     from agents.pipeline import create_pipeline
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     pipeline = create_pipeline(settings, registrations, http_listener)
+    open_tables(settings.state_dir, Path(pipeline.app.conf.tabledir))
     _warn_if_readable_by_others(registrations)
     for r in registrations:
         log.info("appservice %s: %s", r.id, "url: null, nothing is sent" if r.url is None else r.url)
     worker = faust.Worker(pipeline.app, loglevel=args.log_level, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()  # exits the process
-    return 0
+    try:
+        worker.execute_from_commandline()  # exits the process (SystemExit)
+    finally:
+        # Every agent has stopped: no table write can follow. A run that ends
+        # any other way (SIGKILL, fatal) leaves no mark (agents.local_state).
+        if pipeline.changelog.everything_acknowledged():
+            stopped_cleanly(settings.state_dir)
+        else:
+            log.warning("changelog records unacknowledged at shutdown: local tables are rebuilt at the next start")
 
 
 def _warn_if_readable_by_others(registrations: Sequence[Registration]) -> None:

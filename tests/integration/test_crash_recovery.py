@@ -98,3 +98,34 @@ async def test_events_produced_while_a_worker_dies_and_restarts_all_arrive_in_or
     for room in range(len(rooms)):
         in_room = [n for n in dict.fromkeys(delivered) if n % len(rooms) == room]
         assert in_room == sorted(in_room), f"room {room} out of order"
+
+
+UNCLEAN = "did not stop cleanly"
+
+
+async def test_local_tables_survive_a_clean_stop_and_are_rebuilt_after_a_sigkill(
+    appservice_factory: Callable[[], RecordingAppservice],
+    registrations: Path,
+    worker: WorkerProcess,
+    producer: EventProducer,
+) -> None:
+    bridge = appservice_factory()
+    await bridge.start()
+    write_registration(registrations, "bridge", bridge.url)
+    worker.start()
+    producer.send_event(message(0))
+    producer.flush()
+    await bridge.wait_for_events(1)
+    worker.stop()  # SIGTERM: every changelog record acknowledged, the tables marked clean
+    worker.start()
+    assert UNCLEAN not in worker.log_text()
+    producer.send_event(message(1))
+    producer.flush()
+    await bridge.wait_for_events(2)
+    worker.kill()
+    worker.start()
+    assert UNCLEAN in worker.log_text().split("===== start 3 =====")[1]
+    producer.send_event(message(2))
+    producer.flush()
+    await bridge.wait_for_events(3)
+    assert numbers(bridge.delivered_events()) == [0, 1, 2]

@@ -121,3 +121,30 @@ async def test_records_produced_after_close_are_never_acknowledged() -> None:
     producer.close()
     late = producer.produce("changelog", [(0, b"s", b"w")])
     assert late.cancelled(), "a step written during shutdown must not ack its inputs"
+    assert not producer.everything_acknowledged(), "its changes are in the local tables only"
+
+
+async def test_a_producer_that_flushed_everything_at_close_says_so() -> None:
+    producer, _ = producer_with(FakeProducer())
+    await producer.produce("changelog", [(0, b"s", b"v")])
+    producer.close()
+    assert producer.everything_acknowledged()
+
+
+async def test_a_producer_that_had_a_record_refused_never_says_everything_was_acknowledged() -> None:
+    fake = FakeProducer()
+    producer, _ = producer_with(fake)
+    future = producer.produce("changelog", [(0, b"s", b"v")])
+    [(_, _, on_delivery)] = fake.queued
+    fake.queued.clear()
+    on_delivery("Broker: Message size too large", Report(0, -1))
+    with pytest.raises(ChangelogDeliveryError):
+        await asyncio.wait_for(future, 5)
+    producer.close()
+    assert not producer.everything_acknowledged()
+
+
+async def test_a_producer_that_never_produced_is_clean_at_close() -> None:
+    producer, _ = producer_with(FakeProducer())
+    producer.close()
+    assert producer.everything_acknowledged()
