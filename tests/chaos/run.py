@@ -46,6 +46,8 @@ from tests.chaos.ledger import Ledger, Request, Verdict, verify
 from tests.support.recording_appservice import RecordingAppservice
 from tests.support.worker_process import WorkerProcess, write_registration
 
+MAX_OVERRUN_S = 120.0  # how long load and faults may go on past the duration to inject every kind once
+
 
 @dataclass(frozen=True)
 class ChaosConfig:
@@ -92,6 +94,7 @@ class _Chaos:
         self.faults: Counter[str] = Counter()
         self.exits: Counter[str] = Counter()
         self.broker_down = asyncio.Event()
+        self.injecting_done = asyncio.Event()
         self.killed: set[int] = set()  # workers the chaos killed and will restart itself
         self.notes: list[str] = []
 
@@ -148,7 +151,7 @@ class _Chaos:
 
         n = 0
         started = time.monotonic()
-        while time.monotonic() < until:
+        while time.monotonic() < until or not self.injecting_done.is_set():
             due = started + n / self.config.rate
             if due > time.monotonic():
                 await asyncio.sleep(due - time.monotonic())
@@ -195,29 +198,34 @@ class _Chaos:
         if self.config.broker_kills:
             actions.append("kill_broker")
         first = sorted(set(actions), key=lambda _: self.random.random())
-        while time.monotonic() < until:
-            await asyncio.sleep(self.random.uniform(*self.config.fault_gap_s))
-            if time.monotonic() >= until:
-                return
-            action = first.pop() if first else self.random.choice(actions)
-            self.faults[action] += 1
-            if action == "kill_worker":
-                index = self.random.randrange(len(self.workers))
-                self.killed.add(index)
-                self.workers[index].kill()
-                await asyncio.sleep(self.random.uniform(0.5, 3.0))
-                self.workers[index].start(wait=False)
-                self.killed.discard(index)
-            elif action == "kill_broker":
-                await self.kill_broker(self.random.uniform(2.0, 6.0))
-            elif action == "appservice_fails":
-                appservice = self.random.choice(list(self.appservices.values()))
-                appservice.fail_next(self.random.randint(1, 5), self.random.choice([500, 503]))
-            else:
-                appservice = self.random.choice(list(self.appservices.values()))
-                appservice.hold()
-                await asyncio.sleep(self.random.uniform(2.0, 5.0))
-                appservice.release()
+        try:
+            # Past ``until`` only to inject each kind once (a broker restart on a
+            # busy machine can take most of a short run), and never past the bound.
+            while (time.monotonic() < until or first) and time.monotonic() < until + MAX_OVERRUN_S:
+                await asyncio.sleep(self.random.uniform(*self.config.fault_gap_s))
+                if time.monotonic() >= until and not first:
+                    break
+                action = first.pop() if first else self.random.choice(actions)
+                self.faults[action] += 1
+                if action == "kill_worker":
+                    index = self.random.randrange(len(self.workers))
+                    self.killed.add(index)
+                    self.workers[index].kill()
+                    await asyncio.sleep(self.random.uniform(0.5, 3.0))
+                    self.workers[index].start(wait=False)
+                    self.killed.discard(index)
+                elif action == "kill_broker":
+                    await self.kill_broker(self.random.uniform(2.0, 6.0))
+                elif action == "appservice_fails":
+                    appservice = self.random.choice(list(self.appservices.values()))
+                    appservice.fail_next(self.random.randint(1, 5), self.random.choice([500, 503]))
+                else:
+                    appservice = self.random.choice(list(self.appservices.values()))
+                    appservice.hold()
+                    await asyncio.sleep(self.random.uniform(2.0, 5.0))
+                    appservice.release()
+        finally:
+            self.injecting_done.set()
 
     async def kill_broker(self, down_s: float) -> None:
         pid = self.kafka.status().pid
