@@ -71,7 +71,7 @@ def _worker(args: argparse.Namespace) -> int:
         # Everything local is checked before Kafka is touched.
         appservice_tls(settings.appservice_ca_file)
         http_listener = bind(settings.http_host, settings.http_port)
-        ensure_worker_topics(settings)
+        settings = ensure_worker_topics(settings)  # with the replication chosen for this cluster
     except ConfigError as exc:
         print(f"appservice-streams worker: {exc}", file=sys.stderr)
         return 2
@@ -108,15 +108,21 @@ def _produce(args: argparse.Namespace) -> int:
     from confluent_kafka import KafkaException
 
     from agents.producer import EventProducer
+    from streams.kafka_settings import security_from_environment
 
     bootstrap = args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092"
     name = args.file or "<stdin>"
+    try:
+        security = security_from_environment(os.environ)  # KAFKA_SECURITY_PROTOCOL, KAFKA_SSL_*, KAFKA_SASL_*
+    except ConfigError as exc:
+        print(f"appservice-streams produce: {exc}", file=sys.stderr)
+        return 2
     try:
         source = open(args.file, "rb") if args.file else sys.stdin.buffer  # noqa: SIM115
     except OSError as exc:
         print(f"appservice-streams produce: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    producer = EventProducer(bootstrap, args.topic, **{"message.timeout.ms": int(args.timeout * 1000)})
+    producer = EventProducer(bootstrap, args.topic, security, **{"message.timeout.ms": int(args.timeout * 1000)})
     sent = refused = 0
     try:
         for number, line in enumerate(source, start=1):
