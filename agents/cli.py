@@ -1,6 +1,6 @@
 """The ``appservice-streams`` command.
 
-appservice-streams kafka start|stop|status|reset   local KRaft broker (127.0.0.1)
+appservice-streams kafka start|stop|status|reset   local KRaft broker (127.0.0.1; --brokers 3: a cluster)
 appservice-streams worker --registrations DIR      run a worker
 appservice-streams produce [FILE]                  JSON lines → matrix.events
 appservice-streams demo                            everything, end to end
@@ -25,6 +25,8 @@ log = logging.getLogger("appservice_streams")
 def _kafka(args: argparse.Namespace) -> int:
     from streams.local_kafka import LocalKafka, LocalKafkaError
 
+    if args.brokers != 1:
+        return _kafka_cluster(args)
     kafka = LocalKafka(root=Path(args.home), port=args.port, controller_port=args.port + 1)
     try:
         if args.action == "start":
@@ -47,6 +49,31 @@ def _kafka(args: argparse.Namespace) -> int:
             return 0 if status.running else 1
     except LocalKafkaError as exc:
         print(f"appservice-streams kafka {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _kafka_cluster(args: argparse.Namespace) -> int:
+    from streams.local_cluster import LocalCluster, describe
+    from streams.local_kafka import LocalKafkaError
+
+    cluster = LocalCluster(root=Path(args.home), port=args.port, brokers=args.brokers)
+    try:
+        if args.action == "start":
+            cluster.start()
+            print(f"kafka cluster of {args.brokers} brokers running on {cluster.bootstrap}")
+        elif args.action == "stop":
+            cluster.stop()
+            print("kafka cluster stopped")
+        elif args.action == "reset":
+            cluster.reset()
+            print("kafka cluster stopped and its data deleted")
+        else:
+            statuses = cluster.status()
+            print(describe(statuses, cluster.home))
+            return 0 if all(s.running for s in statuses) else 1
+    except LocalKafkaError as exc:
+        print(f"appservice-streams kafka {args.action} --brokers {args.brokers}: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -199,7 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--port",
         type=int,
         default=int(os.environ.get("APPSERVICE_STREAMS_KAFKA_PORT") or 9092),
-        help="broker port; the controller uses the next one (default APPSERVICE_STREAMS_KAFKA_PORT or 9092)",
+        help="broker port; the controller uses the next one (default APPSERVICE_STREAMS_KAFKA_PORT or 9092);"
+        " with --brokers N, node i uses port+2(i-1) and the next one",
+    )
+    kafka.add_argument(
+        "--brokers",
+        type=int,
+        choices=[1, 3],
+        default=1,
+        help="1: one broker (default); 3: a three-node KRaft cluster under .kafka/cluster (for fault tests)",
     )
     kafka.set_defaults(run=_kafka)
 
