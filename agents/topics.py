@@ -25,7 +25,14 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from agents.kafka_config import client_config
 from streams.errors import ConfigError
@@ -80,7 +87,9 @@ def ensure_topics(
 
     Topics created get ``replication.factor`` replicas and its
     ``min.insync.replicas`` (unless ``config`` names one); an existing topic
-    with fewer replicas is logged as a warning and left as it is.
+    with fewer replicas is logged as a warning and left as it is. An
+    existing topic whose ``config`` differs (a retention changed since it
+    was created) is altered to it.
 
     Raises:
         ConfigError: the broker cannot be reached, refuses a topic, or does
@@ -110,6 +119,11 @@ def ensure_topics(
                     replicas,
                     replication.factor,
                 )
+    _align_configs(
+        admin,
+        {name: config for name, _, config in wanted if config and name in existing and existing[name].error is None},
+        timeout_s,
+    )
     for name, future in (admin.create_topics(missing) if missing else {}).items():
         try:
             future.result(timeout_s)
@@ -132,6 +146,42 @@ def ensure_topics(
             unlisted = [n for n in names if not listed.get(n)]
             raise ConfigError(f"topics {unlisted} not listed by {bootstrap_servers} after {timeout_s:.0f} s")
         time.sleep(0.2)
+
+
+def _align_configs(admin: AdminClient, wanted: dict[str, dict[str, str]], timeout_s: float) -> None:
+    """Set, on existing topics, the values of ``wanted`` they do not have; a refusal is logged, not raised.
+
+    Only the keys the worker asks for are touched (others an operator set stay).
+    """
+    if not wanted:
+        return
+    resources = [ConfigResource(ResourceType.TOPIC, name) for name in wanted]
+    changes: dict[str, dict[str, str]] = {}
+    for resource, future in admin.describe_configs(resources).items():
+        try:
+            current = {key: entry.value for key, entry in future.result(timeout_s).items()}
+        except KafkaException as exc:
+            log.warning("cannot read the configuration of topic %s: %s", resource.name, exc)
+            continue
+        differing = {k: v for k, v in wanted[resource.name].items() if current.get(k) != v}
+        if differing:
+            changes[resource.name] = differing
+    if not changes:
+        return
+    altered = [
+        ConfigResource(
+            ResourceType.TOPIC,
+            name,
+            incremental_configs=[ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in c.items()],
+        )
+        for name, c in changes.items()
+    ]
+    for resource, future in admin.incremental_alter_configs(altered).items():
+        try:
+            future.result(timeout_s)
+            log.info("topic %s: set %s", resource.name, changes[resource.name])
+        except KafkaException as exc:
+            log.warning("topic %s: could not set %s: %s", resource.name, changes[resource.name], exc)
 
 
 def ensure_topic(

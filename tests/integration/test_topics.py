@@ -10,7 +10,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from agents.topics import delete_prefixed, ensure_worker_topics
 from streams.local_kafka import LocalKafka
-from streams.settings import from_environment
+from streams.settings import Settings, from_environment
 
 
 def kafka_env(kafka: LocalKafka) -> dict[str, str]:
@@ -90,3 +90,17 @@ def test_on_one_broker_topics_get_one_replica_and_the_configured_retention(kafka
     assert configs[settings.inbox_topic]["retention.ms"].value == "3600000"
     assert configs[settings.inbox_topic]["min.insync.replicas"].value == "1"
     assert configs[settings.rooms_topic]["retention.ms"].value != "3600000"  # compacted: Kafka's default
+
+
+def test_a_retention_changed_since_the_topics_were_made_is_applied_to_them(kafka: LocalKafka, run_id: str) -> None:
+    def settings(retention_ms: str) -> Settings:
+        env = {**kafka_env(kafka), "APPSERVICE_STREAMS_APP_ID": f"topics-{run_id}"}
+        env["APPSERVICE_STREAMS_RETENTION_MS"] = retention_ms
+        return from_environment(Path("r"), env, input_topic=f"topics-{run_id}.events", partitions=1, input_partitions=1)
+
+    ensure_worker_topics(settings("3600000"))
+    ensure_worker_topics(settings("7200000"))
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    for name in (f"topics-{run_id}.inbox", f"topics-{run_id}.delay"):
+        resource = ConfigResource(ResourceType.TOPIC, name)
+        assert admin.describe_configs([resource])[resource].result(10)["retention.ms"].value == "7200000"
