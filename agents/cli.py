@@ -99,6 +99,9 @@ def _worker(args: argparse.Namespace) -> int:
         appservice_tls(settings.appservice_ca_file)
         http_listener = bind(settings.http_host, settings.http_port)
         settings = ensure_worker_topics(settings)  # with the replication chosen for this cluster
+        from agents.state_check import check_local_state
+
+        check_local_state(settings, reset=args.reset_state)  # built from the topics the broker has?
     except ConfigError as exc:
         print(f"appservice-streams worker: {exc}", file=sys.stderr)
         return 2
@@ -244,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--app-id", help="consumer group and topic prefix (default appservice-streams)")
     worker.add_argument("--bootstrap-servers", help="Kafka (default KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)")
     worker.add_argument("--data-dir", help="RocksDB state folder (default .data)")
+    worker.add_argument(
+        "--reset-state",
+        action="store_true",
+        help="delete the local state folder and rebuild it from the broker (after the broker lost its data)",
+    )
     worker.add_argument(
         "--log-level", default="info", type=str.lower, choices=["debug", "info", "warning", "error", "critical"]
     )
