@@ -158,7 +158,10 @@ class Router:
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.fatal():
+                # A fatal error comes as code _FATAL without the fatal flag; the consumer is
+                # then dead for good (a static member fenced after the broker was down longer
+                # than the session): exit 70 rather than run on without routing anything.
+                if error.fatal() or error.code() == KafkaError._FATAL:
                     raise KafkaException(error)
                 log.warning("input consumer: %s", error)
                 continue
