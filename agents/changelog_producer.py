@@ -20,10 +20,9 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
-
-from agents.kafka_logging import LOGGER as KAFKA_LOG
 
 log = logging.getLogger(__name__)
 
@@ -80,22 +79,17 @@ class DeliveryGroup:
             self._future.set_result(self._offsets)
 
 
-def _confluent_producer(bootstrap_servers: str) -> Producer:
-    return Producer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "logger": KAFKA_LOG,
-            "acks": "all",
-            "enable.idempotence": True,
-            # A record waits for no batch-mate: batches form by themselves
-            # while earlier requests are in flight. (2 ms measured no better.)
-            "linger.ms": 0,
-        }
-    )
+# What the changelog's producer adds to agents.kafka_config.producer_config
+# (acks=all, idempotent): a record waits for no batch-mate, batches form by
+# themselves while earlier requests are in flight. (2 ms measured no better.)
+CHANGELOG_PRODUCER: dict[str, Any] = {"linger.ms": 0}
 
 
 class ChangelogProducer:
     """Connects on the first ``produce`` (building the worker's pipeline does no I/O).
+
+    ``config`` is a confluent-kafka producer configuration from
+    ``agents.kafka_config.producer_config`` (acks=all, idempotent).
 
     ``on_fatal(exc, where)`` is called if the poll thread fails: without it no
     acknowledgement would ever come and the deliverer would wait silently.
@@ -103,11 +97,11 @@ class ChangelogProducer:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        config: dict[str, Any],
         on_fatal: Callable[[BaseException, str], None],
-        create: Callable[[str], Producer] = _confluent_producer,
+        create: Callable[[dict[str, Any]], Producer] = Producer,
     ) -> None:
-        self._bootstrap_servers = bootstrap_servers
+        self._config = config
         self._on_fatal = on_fatal
         self._create = create
         self._producer: Producer | None = None
@@ -119,7 +113,7 @@ class ChangelogProducer:
     def _started(self) -> Producer:
         if self._producer is not None:
             return self._producer
-        producer = self._producer = self._create(self._bootstrap_servers)
+        producer = self._producer = self._create(self._config)
         self._thread = threading.Thread(
             target=self._serve_reports, args=(producer,), name="changelog-producer", daemon=True
         )

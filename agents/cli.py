@@ -1,6 +1,6 @@
 """The ``appservice-streams`` command.
 
-appservice-streams kafka start|stop|status|reset   local KRaft broker (127.0.0.1)
+appservice-streams kafka start|stop|status|reset   local KRaft broker (127.0.0.1; --brokers 3: a cluster)
 appservice-streams worker --registrations DIR      run a worker
 appservice-streams produce [FILE]                  JSON lines → matrix.events
 appservice-streams demo                            everything, end to end
@@ -25,6 +25,8 @@ log = logging.getLogger("appservice_streams")
 def _kafka(args: argparse.Namespace) -> int:
     from streams.local_kafka import LocalKafka, LocalKafkaError
 
+    if args.brokers != 1:
+        return _kafka_cluster(args)
     kafka = LocalKafka(root=Path(args.home), port=args.port, controller_port=args.port + 1)
     try:
         if args.action == "start":
@@ -51,6 +53,31 @@ def _kafka(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kafka_cluster(args: argparse.Namespace) -> int:
+    from streams.local_cluster import LocalCluster, describe
+    from streams.local_kafka import LocalKafkaError
+
+    cluster = LocalCluster(root=Path(args.home), port=args.port, brokers=args.brokers)
+    try:
+        if args.action == "start":
+            cluster.start()
+            print(f"kafka cluster of {args.brokers} brokers running on {cluster.bootstrap}")
+        elif args.action == "stop":
+            cluster.stop()
+            print("kafka cluster stopped")
+        elif args.action == "reset":
+            cluster.reset()
+            print("kafka cluster stopped and its data deleted")
+        else:
+            statuses = cluster.status()
+            print(describe(statuses, cluster.home))
+            return 0 if all(s.running for s in statuses) else 1
+    except LocalKafkaError as exc:
+        print(f"appservice-streams kafka {args.action} --brokers {args.brokers}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _worker(args: argparse.Namespace) -> int:
     from streams.registration import load_registrations
     from streams.settings import from_environment
@@ -71,7 +98,10 @@ def _worker(args: argparse.Namespace) -> int:
         # Everything local is checked before Kafka is touched.
         appservice_tls(settings.appservice_ca_file)
         http_listener = bind(settings.http_host, settings.http_port)
-        ensure_worker_topics(settings)
+        settings = ensure_worker_topics(settings)  # with the replication chosen for this cluster
+        from agents.state_check import check_local_state
+
+        check_local_state(settings, reset=args.reset_state)  # built from the topics the broker has?
     except ConfigError as exc:
         print(f"appservice-streams worker: {exc}", file=sys.stderr)
         return 2
@@ -117,15 +147,21 @@ def _produce(args: argparse.Namespace) -> int:
     from confluent_kafka import KafkaException
 
     from agents.producer import EventProducer
+    from streams.kafka_settings import security_from_environment
 
     bootstrap = args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092"
     name = args.file or "<stdin>"
+    try:
+        security = security_from_environment(os.environ)  # KAFKA_SECURITY_PROTOCOL, KAFKA_SSL_*, KAFKA_SASL_*
+    except ConfigError as exc:
+        print(f"appservice-streams produce: {exc}", file=sys.stderr)
+        return 2
     try:
         source = open(args.file, "rb") if args.file else sys.stdin.buffer  # noqa: SIM115
     except OSError as exc:
         print(f"appservice-streams produce: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    producer = EventProducer(bootstrap, args.topic, **{"message.timeout.ms": int(args.timeout * 1000)})
+    producer = EventProducer(bootstrap, args.topic, security, **{"message.timeout.ms": int(args.timeout * 1000)})
     sent = refused = 0
     try:
         for number, line in enumerate(source, start=1):
@@ -202,7 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--port",
         type=int,
         default=int(os.environ.get("APPSERVICE_STREAMS_KAFKA_PORT") or 9092),
-        help="broker port; the controller uses the next one (default APPSERVICE_STREAMS_KAFKA_PORT or 9092)",
+        help="broker port; the controller uses the next one (default APPSERVICE_STREAMS_KAFKA_PORT or 9092);"
+        " with --brokers N, node i uses port+2(i-1) and the next one",
+    )
+    kafka.add_argument(
+        "--brokers",
+        type=int,
+        choices=[1, 3],
+        default=1,
+        help="1: one broker (default); 3: a three-node KRaft cluster under .kafka/cluster (for fault tests)",
     )
     kafka.set_defaults(run=_kafka)
 
@@ -212,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--app-id", help="consumer group and topic prefix (default appservice-streams)")
     worker.add_argument("--bootstrap-servers", help="Kafka (default KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)")
     worker.add_argument("--data-dir", help="RocksDB state folder (default .data)")
+    worker.add_argument(
+        "--reset-state",
+        action="store_true",
+        help="delete the local state folder and rebuild it from the broker (after the broker lost its data)",
+    )
     worker.add_argument(
         "--log-level", default="info", type=str.lower, choices=["debug", "info", "warning", "error", "critical"]
     )

@@ -156,7 +156,9 @@ def install(pipeline: Pipeline) -> Senders:
         await app.consumer.seek(TP(settings.inbox_topic, partition), offset)
 
     guard = PositionGuard(
-        store, KafkaPartitionLog(settings.bootstrap_servers, settings.inbox_topic, settings.app_id), seek
+        store,
+        KafkaPartitionLog(settings.bootstrap_servers, settings.inbox_topic, settings.app_id, settings.kafka_security),
+        seek,
     )
     ownership = Ownership(app)
     inbox_partitions: dict[AppserviceID, int] = {}

@@ -27,8 +27,9 @@ import faust
 
 from agents.appservice_http import AppserviceClient
 from agents.background import BackgroundTasks
-from agents.changelog_producer import ChangelogProducer
+from agents.changelog_producer import CHANGELOG_PRODUCER, ChangelogProducer
 from agents.fatal import fatal
+from agents.kafka_config import confluent_producer_config, faust_options, make_producer_idempotent
 from agents.positions import AckFilter
 from streams.dead_letter import Reason, dead_letter
 from streams.interest import Interest
@@ -115,10 +116,11 @@ def create_pipeline(
         autodiscover=False,
         web_enabled=False,
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        # Resolved from the cluster by agents.topics before the pipeline is built.
+        topic_replication_factor=settings.replication.factor or 1,
         broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
+        **faust_options(settings),  # TLS/SASL credentials, acks=all
         producer_linger_ms=0,
         # aiokafka sends one batch per partition per request, and one request
         # at a time: at its 16 KB default a deliverer batch's stored txns
@@ -144,6 +146,7 @@ def create_pipeline(
     table: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "options": ROCKSDB_OPTIONS}
     appservices = app.Table("appservices", partitions=settings.partitions, **table)
     _bound_fetch_wait(app, settings.fetch_max_wait_ms)
+    make_producer_idempotent(app)
     pipeline = Pipeline(
         settings=settings,
         app=app,
@@ -160,7 +163,7 @@ def create_pipeline(
             ca_file=settings.appservice_ca_file,
         ),
         acks=AckFilter(app),
-        changelog=ChangelogProducer(settings.bootstrap_servers, fatal),
+        changelog=ChangelogProducer(confluent_producer_config(settings, **CHANGELOG_PRODUCER), fatal),
     )
     # Imported here: each module registers its agent on the app it is given.
     from agents import delayer, deliverer, router

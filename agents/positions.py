@@ -41,9 +41,10 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from agents.kafka_logging import LOGGER as KAFKA_LOG
+from agents.kafka_config import client_config
 from streams.backlog import KeyValueStore
 from streams.errors import InvariantBroken
+from streams.kafka_settings import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +83,22 @@ class AckFilter:
             self._ack(event.message)
 
 
-def records_between(bootstrap: str, topic: str, partition: int, start: int, end: int, timeout_s: float = 15.0) -> bool:
+def records_between(
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    start: int,
+    end: int,
+    timeout_s: float = 15.0,
+    security: KafkaSecurity = PLAINTEXT,
+) -> bool:
     """Whether the log holds any record with ``start <= offset < end`` (blocking)."""
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "logger": KAFKA_LOG,
-            "group.id": "appservice-streams-gap-check",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
+        client_config(
+            bootstrap,
+            security,
+            **{"group.id": "appservice-streams-gap-check", "enable.auto.commit": False, "enable.partition.eof": True},
+        )
     )
     try:
         low, _high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
@@ -115,11 +122,16 @@ def records_between(bootstrap: str, topic: str, partition: int, start: int, end:
         consumer.close()
 
 
-def committed_offset(bootstrap: str, group: str, topic: str, partition: int, timeout_s: float = 15.0) -> int:
+def committed_offset(
+    bootstrap: str,
+    group: str,
+    topic: str,
+    partition: int,
+    timeout_s: float = 15.0,
+    security: KafkaSecurity = PLAINTEXT,
+) -> int:
     """The offset ``group`` committed for the partition, 0 if none (blocking; does not join the group)."""
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "logger": KAFKA_LOG, "group.id": group, "enable.auto.commit": False}
-    )
+    consumer = Consumer(client_config(bootstrap, security, **{"group.id": group, "enable.auto.commit": False}))
     try:
         [committed] = consumer.committed([TopicPartition(topic, partition)], timeout=timeout_s)
         offset = committed.offset
@@ -154,12 +166,13 @@ class KafkaPartitionLog:
     bootstrap: str
     topic: str
     group: str
+    security: KafkaSecurity = PLAINTEXT
 
     def has_records(self, partition: int, start: int, end: int) -> bool:
-        return records_between(self.bootstrap, self.topic, partition, start, end)
+        return records_between(self.bootstrap, self.topic, partition, start, end, security=self.security)
 
     def committed(self, partition: int) -> int:
-        return committed_offset(self.bootstrap, self.group, self.topic, partition)
+        return committed_offset(self.bootstrap, self.group, self.topic, partition, security=self.security)
 
 
 class PositionGuard:

@@ -14,9 +14,10 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
-from agents.kafka_logging import LOGGER as KAFKA_LOG
+from agents.kafka_config import producer_config
 from streams import envelope
 from streams.errors import BadRecord
+from streams.kafka_settings import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +25,18 @@ log = logging.getLogger(__name__)
 class EventProducer:
     """Write envelopes to the input topic. Not thread-safe; one per thread."""
 
-    def __init__(self, bootstrap_servers: str, topic: str = "matrix.events", **config: Any) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str = "matrix.events",
+        security: KafkaSecurity = PLAINTEXT,
+        **config: Any,
+    ) -> None:
+        """``security``: TLS/SASL (``streams.kafka_settings.security_from_environment`` reads the ``KAFKA_*``
+        variables); ``config``: more librdkafka settings. acks=all and idempotence cannot be turned off."""
         self.topic = topic
         self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap_servers,
-                "logger": KAFKA_LOG,
-                "partitioner": "murmur2_random",
-                "enable.idempotence": True,
-                "linger.ms": 2,
-                **config,
-            }
+            producer_config(bootstrap_servers, security, **{"partitioner": "murmur2_random", "linger.ms": 2, **config})
         )
         self._errors: list[str] = []
 

@@ -20,11 +20,11 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from rocksdict import Options, Rdict, WriteBatch
 
-from agents.kafka_logging import LOGGER as KAFKA_LOG
 from streams.errors import InvariantBroken
 from streams.matrix import RoomID
 from streams.rooms import RoomState, decode_room, encode_room
@@ -38,9 +38,10 @@ CACHE_SIZE = 10_000
 
 
 class RoomsStore:
-    def __init__(self, directory: Path, bootstrap_servers: str, changelog_topic: str) -> None:
+    def __init__(self, directory: Path, kafka_config: Mapping[str, Any], changelog_topic: str) -> None:
+        """``kafka_config``: servers, security and logger (``agents.kafka_config.confluent_config``)."""
         self._directory = directory
-        self._bootstrap = bootstrap_servers
+        self._kafka_config = kafka_config
         self.changelog_topic = changelog_topic
         self._dbs: dict[int, Rdict] = {}
         self._cache: dict[int, dict[RoomID, RoomState]] = {}
@@ -125,8 +126,7 @@ class RoomsStore:
         start = OFFSET_BEGINNING if stored is None else int.from_bytes(stored, "big") + 1
         consumer = Consumer(
             {
-                "bootstrap.servers": self._bootstrap,
-                "logger": KAFKA_LOG,
+                **self._kafka_config,
                 "group.id": "appservice-streams-rooms-restore",  # never commits
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,

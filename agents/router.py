@@ -41,7 +41,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from agents.fatal import fatal
-from agents.kafka_logging import LOGGER as KAFKA_LOG
+from agents.kafka_config import confluent_config, confluent_producer_config
 from agents.rooms_store import RoomsStore
 from agents.topics import key_partition
 from streams.dead_letter import Reason, dead_letter
@@ -66,7 +66,7 @@ class Router:
         self._interest = interest
         self._on_fatal = on_fatal
         self._partitions = {a: key_partition(a.encode(), settings.partitions) for a in appservices}
-        self.rooms = RoomsStore(settings.state_dir / "rooms", settings.bootstrap_servers, settings.rooms_topic)
+        self.rooms = RoomsStore(settings.state_dir / "rooms", confluent_config(settings), settings.rooms_topic)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         # input partition → offset committed asynchronously, not yet confirmed
@@ -95,8 +95,7 @@ class Router:
     def _consumer_config(self) -> dict[str, Any]:
         s = self._settings
         config: dict[str, Any] = {
-            "bootstrap.servers": s.bootstrap_servers,
-            "logger": KAFKA_LOG,
+            **confluent_config(s),  # servers, TLS/SASL, logger
             "group.id": s.router_group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
@@ -116,15 +115,7 @@ class Router:
 
     def _loop(self) -> None:
         s = self._settings
-        producer = Producer(
-            {
-                "bootstrap.servers": s.bootstrap_servers,
-                "logger": KAFKA_LOG,
-                "acks": "all",
-                "enable.idempotence": True,
-                "linger.ms": 1,
-            }
-        )
+        producer = Producer(confluent_producer_config(s, **{"linger.ms": 1}))  # acks=all, idempotent
         consumer = Consumer(self._consumer_config())
 
         def on_assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -167,7 +158,10 @@ class Router:
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.fatal():
+                # A fatal error comes as code _FATAL without the fatal flag; the consumer is
+                # then dead for good (a static member fenced after the broker was down longer
+                # than the session): exit 70 rather than run on without routing anything.
+                if error.fatal() or error.code() == KafkaError._FATAL:
                     raise KafkaException(error)
                 log.warning("input consumer: %s", error)
                 continue

@@ -12,6 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams.errors import ConfigError
+from streams.kafka_settings import (
+    AUTO,
+    PLAINTEXT,
+    KafkaSecurity,
+    Replication,
+    replication_from_environment,
+    retention_from_environment,
+    security_from_environment,
+)
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -52,6 +61,11 @@ class Settings:
     # The worker's HTTP API (appservice ping; 0 turns it off).
     http_host: str = "127.0.0.1"
     http_port: int = 8009
+    # Kafka clusters (streams.kafka_settings; clients built by agents.kafka_config).
+    # The password inside kafka_security is left out of repr.
+    kafka_security: KafkaSecurity = PLAINTEXT
+    replication: Replication = AUTO  # auto until agents.topics asks the cluster
+    retention_ms: int | None = None  # inbox and delay topics; None: the broker's default
 
     @property
     def inbox_topic(self) -> str:
@@ -151,6 +165,9 @@ def from_environment(registrations_dir: Path, env: Mapping[str, str] | None = No
         "fetch_max_wait_ms": int(_number(env, "APPSERVICE_STREAMS_FETCH_MAX_WAIT_MS", 10)),
         "legacy_authorization": env.get("APPSERVICE_STREAMS_LEGACY_AUTHORIZATION", "").lower() in ("1", "true", "yes"),
         "appservice_ca_file": _existing_file(env, "APPSERVICE_STREAMS_APPSERVICE_CA_FILE"),
+        "kafka_security": security_from_environment(env),
+        "replication": replication_from_environment(env),
+        "retention_ms": retention_from_environment(env),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]

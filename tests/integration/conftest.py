@@ -11,6 +11,7 @@ import pytest
 
 from agents.producer import EventProducer
 from agents.topics import delete_prefixed
+from streams.local_cluster import LocalCluster
 from streams.local_kafka import LocalKafka
 from tests.support.recording_appservice import RecordingAppservice
 from tests.support.worker_process import WorkerProcess
@@ -25,6 +26,21 @@ def kafka() -> LocalKafka:
     broker.start()  # idempotent: CI starts it first, a developer may not have
     os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap  # for the worker processes
     return broker
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    """A three-broker KRaft cluster, started by the first test that needs it and stopped after the session.
+
+    Its ports: ``APPSERVICE_STREAMS_KAFKA_CLUSTER_PORT``, else the single
+    broker's port + 8 (9092 → 9100-9105), so runs on other ports never meet.
+    """
+    single = int(os.environ.get("APPSERVICE_STREAMS_KAFKA_PORT") or 9092)
+    port = int(os.environ.get("APPSERVICE_STREAMS_KAFKA_CLUSTER_PORT") or single + 8)
+    nodes = LocalCluster(root=ROOT, port=port)
+    nodes.start()
+    yield nodes
+    nodes.stop()
 
 
 @pytest.fixture

@@ -87,9 +87,7 @@ class FakeProducer:
 
 def producer_with(fake: FakeProducer) -> tuple[ChangelogProducer, list[str]]:
     failures: list[str] = []
-    producer = ChangelogProducer(
-        "127.0.0.1:9092", lambda exc, where: failures.append(f"{where}: {exc}"), lambda _: fake
-    )  # type: ignore[arg-type, return-value]
+    producer = ChangelogProducer({}, lambda exc, where: failures.append(f"{where}: {exc}"), lambda _: fake)  # type: ignore[arg-type, return-value]
     return producer, failures
 
 

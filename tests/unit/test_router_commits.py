@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import TopicPartition
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from agents.router import Router
 from streams.interest import Interest
@@ -46,3 +47,17 @@ def test_a_revoked_partitions_offset_is_not_committed_after_it_comes_back(tmp_pa
     consumer: Any = Consumer(assigned=[2])  # and it comes back here
     r._commit(consumer)
     assert consumer.commits == [], "committing 50 now would rewind the group"
+
+
+class FatalMessage:
+    """What poll returns once librdkafka declared the consumer dead: code _FATAL, fatal flag unset."""
+
+    def error(self) -> KafkaError:
+        return KafkaError(KafkaError._FATAL, "Static consumer fenced by other consumer with same group.instance.id")
+
+
+def test_a_fatal_consumer_error_ends_the_router_instead_of_being_skipped(tmp_path: Path) -> None:
+    r = router(tmp_path)
+    message: Any = FatalMessage()
+    with pytest.raises(KafkaException, match="fenced"):
+        r._process([message], Consumer(assigned=[0]), None)  # type: ignore[arg-type]

@@ -1,0 +1,147 @@
+"""A worker on a broker that only speaks SASL_SSL with client certificates delivers, so every client got the settings.
+
+The broker's one client listener requires TLS (our CA), a client certificate
+and SASL PLAIN: a client missing any of them (a confluent-kafka consumer or
+producer, an admin client, a side consumer, Faust's aiokafka consumer or
+producer) cannot connect, and the worker would not deliver. Its plaintext
+listener is used by the test alone, to delete its topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from agents.kafka_config import client_config
+from agents.producer import EventProducer
+from agents.topics import delete_prefixed
+from streams.kafka_settings import KafkaSecurity
+from streams.local_kafka import LocalKafka
+from tests.integration.events import message, numbers
+from tests.support.recording_appservice import RecordingAppservice
+from tests.support.worker_process import WorkerProcess, write_registration
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).parents[2]
+PASSWORD = "worker-secret-7c1f"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_certificates(directory: Path) -> None:
+    """A CA, the broker's certificate (for 127.0.0.1) and the worker's, all signed by the CA."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=appservice-streams test CA", cwd=directory)  # fmt: skip
+    for name in ("broker", "worker"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={name}", cwd=directory)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.pem", "-days", "2", "-extfile", "san.ext", cwd=directory)  # fmt: skip
+    keystore = (directory / "broker.key").read_text() + (directory / "broker.pem").read_text()
+    (directory / "broker-keystore.pem").write_text(keystore)
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalKafka, str, KafkaSecurity]]:
+    """A lone broker with a SASL_SSL client listener; (broker, its SASL_SSL address, the worker's security)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the test certificates")
+    certs = tmp_path_factory.mktemp("certs")
+    make_certificates(certs)
+    single = int(os.environ.get("APPSERVICE_STREAMS_KAFKA_PORT") or 9092)
+    port = int(os.environ.get("APPSERVICE_STREAMS_KAFKA_SECURED_PORT") or single + 14)
+    secure = port + 2
+    jaas = f'org.apache.kafka.common.security.plain.PlainLoginModule required user_worker="{PASSWORD}";'
+    broker = LocalKafka(
+        root=ROOT,
+        port=port,  # plaintext: readiness checks and the test's clean-up
+        controller_port=port + 1,
+        node_dir="secured",
+        max_heap="512m",
+        extra_properties=(
+            (
+                "listeners",
+                f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1},SASL_SSL://127.0.0.1:{secure}",
+            ),
+            ("advertised.listeners", f"PLAINTEXT://127.0.0.1:{port},SASL_SSL://127.0.0.1:{secure}"),
+            ("listener.security.protocol.map", "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL"),
+            ("sasl.enabled.mechanisms", "PLAIN"),
+            ("listener.name.sasl_ssl.plain.sasl.jaas.config", jaas),
+            ("listener.name.sasl_ssl.ssl.keystore.type", "PEM"),
+            ("listener.name.sasl_ssl.ssl.keystore.location", str(certs / "broker-keystore.pem")),
+            ("listener.name.sasl_ssl.ssl.truststore.type", "PEM"),
+            ("listener.name.sasl_ssl.ssl.truststore.location", str(certs / "ca.pem")),
+            ("listener.name.sasl_ssl.ssl.client.auth", "required"),
+        ),
+    )
+    broker.start()
+    security = KafkaSecurity(
+        protocol="SASL_SSL",
+        ssl_ca_location=certs / "ca.pem",
+        ssl_certificate_location=certs / "worker.pem",
+        ssl_key_location=certs / "worker.key",
+        sasl_mechanism="PLAIN",
+        sasl_username="worker",
+        sasl_password=PASSWORD,
+    )
+    yield broker, f"127.0.0.1:{secure}", security
+    broker.stop()
+    shutil.rmtree(broker.node_home, ignore_errors=True)
+
+
+async def test_a_worker_delivers_through_a_broker_that_requires_sasl_over_tls_with_client_certificates(
+    secured: tuple[LocalKafka, str, KafkaSecurity], tmp_path: Path, registrations: Path, run_id: str
+) -> None:
+    broker, address, security = secured
+    appservice = RecordingAppservice()
+    await appservice.start()
+    write_registration(registrations, "alpha", appservice.url)
+    assert security.ssl_ca_location and security.ssl_certificate_location and security.ssl_key_location
+    worker = WorkerProcess(
+        registrations=registrations,
+        app_id=f"secured-{run_id}",
+        input_topic=f"matrix.events.secured-{run_id}",
+        data_dir=tmp_path / "data",
+        log_path=tmp_path / "worker.log",
+        extra_env={
+            "KAFKA_BOOTSTRAP_SERVERS": address,
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SSL_CA_LOCATION": str(security.ssl_ca_location),
+            "KAFKA_SSL_CERTIFICATE_LOCATION": str(security.ssl_certificate_location),
+            "KAFKA_SSL_KEY_LOCATION": str(security.ssl_key_location),
+            "KAFKA_SASL_MECHANISM": "PLAIN",
+            "KAFKA_SASL_USERNAME": "worker",
+            "KAFKA_SASL_PASSWORD": PASSWORD,
+        },
+    )
+    try:
+        worker.start()
+        producer = EventProducer(address, worker.input_topic, security)
+        for n in range(20):
+            producer.send_event(message(n, sender="@alpha_a:example.org"))
+        await asyncio.to_thread(producer.flush, 30)
+        events = await appservice.wait_for_events(20, timeout_s=30)
+        assert numbers(events) == list(range(20))
+        assert PASSWORD not in worker.log_text()
+        # And the broker does refuse what lacks any part of it.
+        for lacking in (KafkaSecurity(), replace(security, ssl_certificate_location=None, ssl_key_location=None)):
+            with pytest.raises(KafkaException):
+                AdminClient(client_config(address, lacking, log_level=0)).list_topics(timeout=3)
+    finally:
+        worker.stop()
+        await appservice.stop()
+        delete_prefixed(broker.bootstrap, (worker.app_id, worker.input_topic))
