@@ -49,6 +49,10 @@ class Settings:
     # The worker's HTTP API (appservice ping; 0 turns it off).
     http_host: str = "127.0.0.1"
     http_port: int = 8009
+    # Prometheus metrics, /livez and /readyz, served from a thread of their
+    # own (0 turns them off).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9109
 
     @property
     def inbox_topic(self) -> str:
@@ -95,6 +99,14 @@ def _number(env: Mapping[str, str], name: str, default: float, *, zero_allowed: 
     return value
 
 
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    """A TCP port to listen on; 0 turns the listener off."""
+    value = _number(env, name, default, zero_allowed=True)
+    if value != int(value) or value > 65535:
+        raise ConfigError(f"environment variable {name}={env.get(name)!r} is not a port number (0 to 65535)")
+    return int(value)
+
+
 def from_environment(registrations_dir: Path, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Settings from ``APPSERVICE_STREAMS_*`` / ``KAFKA_BOOTSTRAP_SERVERS``, then ``overrides``.
 
@@ -120,7 +132,9 @@ def from_environment(registrations_dir: Path, env: Mapping[str, str] | None = No
         "instance_id": env.get("APPSERVICE_STREAMS_INSTANCE_ID") or None,
         "session_timeout_s": _number(env, "APPSERVICE_STREAMS_SESSION_TIMEOUT_S", 10.0),
         "http_host": env.get("APPSERVICE_STREAMS_HTTP_HOST") or "127.0.0.1",
-        "http_port": int(_number(env, "APPSERVICE_STREAMS_HTTP_PORT", 8009, zero_allowed=True)),
+        "http_port": _port(env, "APPSERVICE_STREAMS_HTTP_PORT", 8009),
+        "metrics_host": env.get("APPSERVICE_STREAMS_METRICS_HOST") or "127.0.0.1",
+        "metrics_port": _port(env, "APPSERVICE_STREAMS_METRICS_PORT", 9109),
         "fetch_max_wait_ms": int(_number(env, "APPSERVICE_STREAMS_FETCH_MAX_WAIT_MS", 10)),
         "legacy_authorization": env.get("APPSERVICE_STREAMS_LEGACY_AUTHORIZATION", "").lower() in ("1", "true", "yes"),
     }

@@ -1,0 +1,164 @@
+"""What a worker tells its operator about itself, decided without I/O.
+
+The shell (``agents.metrics``) turns these into Prometheus samples; the
+decisions live here so they are tested without a registry, a thread or Kafka:
+
+* ``OwnedAppservices``: the latest machine state of every appservice whose
+  inbox partition this worker owns, written once per step (a dict store, so
+  the deliverer's per-step cost stays O(1)) and read by the scrape on another
+  thread. Only the owner exports an appservice: a revocation drops its
+  partitions' appservices, and steps of partitions not owned are not kept.
+* ``view``: the gauges of one appservice from its ``AppserviceState``.
+* ``router_lag``: the router group's lag per input partition, from
+  librdkafka's statistics.
+* ``readiness``: why a worker is not ready to take traffic, if it is not.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from streams.machine import KINDS, NO_ITEMS, AppserviceState, Counts, Phase, counts
+from streams.matrix import AppserviceID
+
+
+class DeadLetterReason(enum.Enum):
+    """Why a record went to the dead-letter topic, as a metric label (the header keeps the detail)."""
+
+    BAD_INPUT = "bad_input"  # an input record that breaks the envelope's rules
+    BAD_INBOX_RECORD = "bad_inbox_record"
+    BAD_DELAY_RECORD = "bad_delay_record"
+    OTHER = "other"  # a record of any other topic
+
+
+@dataclass(frozen=True)
+class AppserviceView:
+    """The exported gauges of one appservice."""
+
+    up: bool
+    phase: Phase
+    backlog: Counts  # items accepted and not yet delivered, per kind: parked plus in flight
+    down_for_s: float  # 0 while up
+    attempt: int  # failed attempts of the transaction in flight
+
+
+def view(state: AppserviceState, now_ms: int) -> AppserviceView:
+    inflight = state.inflight.counts if state.inflight is not None else NO_ITEMS
+    backlog = counts([queued + sent for queued, sent in zip(state.queued, inflight, strict=True)])
+    down_since = state.down_since_ms
+    down_for_s = 0.0 if down_since is None else max(0, now_ms - down_since) / 1000
+    return AppserviceView(not state.phase.is_down, state.phase, backlog, down_for_s, state.attempt)
+
+
+class OwnedAppservices:
+    """The latest state of each appservice of the inbox partitions owned now.
+
+    Written from the event loop (``stepped``, ``assigned``, ``revoked``), read
+    from the metrics thread (``snapshot``): every read and write is a single
+    dict or set operation, which the interpreter does atomically.
+    """
+
+    def __init__(self) -> None:
+        self._owned: frozenset[int] = frozenset()
+        self._states: dict[AppserviceID, tuple[int, AppserviceState]] = {}
+
+    def assigned(self, partitions: Iterable[int]) -> None:
+        """The inbox partitions owned from now on (a new assignment landed)."""
+        self._owned = frozenset(partitions)
+        self._drop_unowned()
+
+    def revoked(self) -> None:
+        """Nothing is owned for sure until the next assignment: every appservice's series goes."""
+        self._owned = frozenset()
+        self._states = {}
+
+    def stepped(self, appservice_id: AppserviceID, partition: int, state: AppserviceState) -> None:
+        """The state an appservice's step left, kept only while its partition is owned."""
+        if partition in self._owned:
+            self._states[appservice_id] = (partition, state)
+
+    def _drop_unowned(self) -> None:
+        owned = self._owned
+        self._states = {a: entry for a, entry in self._states.copy().items() if entry[0] in owned}
+
+    def inflight(self, appservice_id: AppserviceID, txn_id: int) -> Counts | None:
+        """The item counts of ``txn_id`` if it is the appservice's transaction in flight here."""
+        entry = self._states.get(appservice_id)
+        if entry is None or entry[1].inflight is None or entry[1].inflight.txn_id != txn_id:
+            return None
+        return entry[1].inflight.counts
+
+    def owns(self, appservice_id: AppserviceID) -> bool:
+        return appservice_id in self._states
+
+    def snapshot(self) -> list[tuple[AppserviceID, AppserviceState]]:
+        return [(a, state) for a, (_, state) in self._states.copy().items()]
+
+
+def router_lag(stats: Mapping[str, Any], topic: str, assigned: Iterable[int]) -> dict[int, int]:
+    """Records behind on each of ``assigned``'s partitions of ``topic``, from a librdkafka statistics document.
+
+    librdkafka reports ``consumer_lag`` (end offset minus committed offset) per
+    partition, -1 while either is unknown. A partition the group never
+    committed counts from offset 0, as ``group_lag`` does; one whose end is
+    not known yet is left out, as are partitions not ``assigned`` (librdkafka
+    keeps reporting some it no longer consumes).
+    """
+    partitions = stats.get("topics", {}).get(topic, {}).get("partitions", {})
+    lags: dict[int, int] = {}
+    for partition in assigned:
+        reported = partitions.get(str(partition), {})
+        lag = reported.get("consumer_lag")
+        if isinstance(lag, int) and lag >= 0:
+            lags[partition] = lag
+            continue
+        end, committed = reported.get("ls_offset"), reported.get("committed_offset")
+        if isinstance(end, int) and end >= 0 and isinstance(committed, int) and committed < 0:
+            lags[partition] = end
+    return lags
+
+
+def group_lag(highwater: int | None, committed: int | None) -> int | None:
+    """Records behind in a partition: its end offset minus the group's committed offset.
+
+    A partition the group never committed counts from offset 0 (the group reads
+    from the earliest offset, and the log start is not known here: after
+    retention deleted records this overstates the lag of a partition nobody
+    ever committed, which is itself worth a look). None while the end is unknown.
+    """
+    if highwater is None or highwater < 0:
+        return None
+    if committed is None or committed < 0:
+        return highwater
+    return max(0, highwater - committed)
+
+
+def readiness(*, router_started: bool, router_alive: bool, assigned: bool, rebalancing: bool) -> list[str]:
+    """Why the worker is not ready (empty: ready)."""
+    reasons = []
+    if not router_started:
+        reasons.append("router not started")
+    elif not router_alive:
+        reasons.append("router thread ended")
+    if not assigned:
+        reasons.append("no partition assignment")
+    if rebalancing:
+        reasons.append("rebalancing")
+    return reasons
+
+
+KIND_LABELS = {kind: kind.name.lower() for kind in KINDS}
+
+__all__ = [
+    "KIND_LABELS",
+    "AppserviceView",
+    "DeadLetterReason",
+    "OwnedAppservices",
+    "group_lag",
+    "readiness",
+    "router_lag",
+    "view",
+]
