@@ -72,6 +72,13 @@ def _worker(args: argparse.Namespace) -> int:
     for r in registrations:
         log.info("appservice %s: %s", r.id, "url: null, nothing is sent" if r.url is None else r.url)
     worker = faust.Worker(pipeline.app, loglevel=args.log_level, quiet=True, redirect_stdouts=False)
+    pipeline.health.loop = worker.loop  # the loop the liveness probe asks to answer
+    if pipeline.metrics_server is not None:
+        try:
+            pipeline.metrics_server.start()  # before the worker: a wedged start-up is visible too
+        except ConfigError as exc:
+            print(f"appservice-streams worker: {exc}", file=sys.stderr)
+            return 2
     worker.execute_from_commandline()  # exits the process
     return 0
 

@@ -28,9 +28,12 @@ from agents.appservice_http import AppserviceClient
 from agents.background import BackgroundTasks
 from agents.changelog_producer import ChangelogProducer
 from agents.fatal import fatal
+from agents.metrics import Metrics
+from agents.metrics_http import Health, MetricsServer
 from agents.positions import AckFilter
 from streams.interest import Interest
 from streams.matrix import AppserviceID
+from streams.observed import DeadLetterReason
 from streams.records import dead_letter_headers
 from streams.registration import Registration
 from streams.settings import Settings
@@ -65,12 +68,22 @@ class Pipeline:
     client: AppserviceClient
     acks: AckFilter
     changelog: ChangelogProducer
+    metrics: Metrics
+    health: Health = field(default_factory=Health)
     background: BackgroundTasks = field(default_factory=BackgroundTasks)
+    metrics_server: MetricsServer | None = None  # started by the command, before the worker
 
     async def to_dead_letter(self, event: Any, reason: str) -> None:
         """Divert a record nobody can read, with where it came from and why."""
         message = event.message
         log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
+        self.metrics.dead_lettered(
+            DeadLetterReason.BAD_INBOX_RECORD
+            if message.topic == self.settings.inbox_topic
+            else DeadLetterReason.BAD_DELAY_RECORD
+            if message.topic == self.settings.delay_topic
+            else DeadLetterReason.OTHER
+        )
         headers = dead_letter_headers(message.topic, message.partition, message.offset, reason)
         await self.dead_letter.send(key=event.key, value=event.value, headers=headers)
 
@@ -155,12 +168,14 @@ def create_pipeline(settings: Settings, registrations: tuple[Registration, ...])
         ),
         acks=AckFilter(app),
         changelog=ChangelogProducer(settings.bootstrap_servers, fatal),
+        metrics=Metrics(r.id for r in registrations if r.url is not None),
     )
     # Imported here: each module registers its agent on the app it is given.
-    from agents import delayer, deliverer, router
+    from agents import delayer, deliverer, observe, router
     from agents.http_api import HttpApi
 
-    routing = router.install(settings, pipeline.interest, list(pipeline.registrations))
+    routing = router.install(settings, pipeline.interest, list(pipeline.registrations), pipeline.metrics)
+    pipeline.metrics_server = observe.install(pipeline, routing)
     senders = deliverer.install(pipeline)
     delayer.install(pipeline)
     http_api = HttpApi(pipeline)

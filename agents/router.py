@@ -36,10 +36,12 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from agents.fatal import fatal
+from agents.metrics import Metrics
 from agents.rooms_store import RoomsStore
 from agents.topics import key_partition
 from streams.interest import Interest
 from streams.matrix import AppserviceID
+from streams.observed import DeadLetterReason
 from streams.records import dead_letter_headers, encode_routed
 from streams.rooms import encode_room
 from streams.routing import InputRecord, route_batch
@@ -48,16 +50,23 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 POLL_S = 0.1  # how often the loop looks at its stop flag when idle
+STATS_INTERVAL_MS = 5000  # librdkafka statistics (consumer lag) for agents.metrics
 FLUSH_TIMEOUT_S = 30.0
 
 
 class Router:
     def __init__(
-        self, settings: Settings, interest: Interest, appservices: list[AppserviceID], on_fatal: Callable[..., None]
+        self,
+        settings: Settings,
+        interest: Interest,
+        appservices: list[AppserviceID],
+        on_fatal: Callable[..., None],
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._interest = interest
         self._on_fatal = on_fatal
+        self._metrics = metrics
         self._partitions = {a: key_partition(a.encode(), settings.partitions) for a in appservices}
         self.rooms = RoomsStore(settings.state_dir / "rooms", settings.bootstrap_servers, settings.rooms_topic)
         self._stopping = threading.Event()
@@ -78,6 +87,10 @@ class Router:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
         try:
@@ -104,7 +117,22 @@ class Router:
         }
         if s.instance_id:
             config["group.instance.id"] = f"{s.instance_id}-router"
+        if self._metrics is not None:
+            config["statistics.interval.ms"] = STATS_INTERVAL_MS
+            config["stats_cb"] = self._on_stats
         return config
+
+    def _on_stats(self, raw: str) -> None:
+        # Runs inside poll/consume, on the router thread.
+        if self._metrics is not None:
+            self._metrics.router_stats(
+                self._settings.router_group, self._settings.input_topic, raw, self.rooms.partitions
+            )
+
+    def _owned_changed(self) -> None:
+        if self._metrics is not None:
+            s = self._settings
+            self._metrics.set_assignment(s.router_group, s.input_topic, self.rooms.partitions)
 
     def _loop(self) -> None:
         s = self._settings
@@ -122,6 +150,7 @@ class Router:
             numbers = sorted(tp.partition for tp in partitions)
             self.rooms.assign(numbers)
             log.info("router owns input partitions %s (added %s)", self.rooms.partitions, numbers)
+            self._owned_changed()
 
         def on_revoke(consumer: Consumer, partitions: list[TopicPartition]) -> None:
             # Between batches (callbacks run inside poll): every batch is
@@ -190,6 +219,8 @@ class Router:
             )
         for record, reason in batch.rejected:
             log.warning("dead-lettered %s[%d]@%d: %s", s.input_topic, record.partition, record.offset, reason)
+            if self._metrics is not None:
+                self._metrics.dead_lettered(DeadLetterReason.BAD_INPUT)
             headers = dead_letter_headers(s.input_topic, record.partition, record.offset, reason)
             producer.produce(s.dead_letter_topic, value=record.value, headers=headers, on_delivery=delivered)
         # Nothing is committed, and no room stored, before Kafka has all of it.
@@ -253,10 +284,11 @@ class Router:
         for tp in partitions:
             self._uncommitted.pop(tp.partition, None)
         self.rooms.revoke(tp.partition for tp in partitions)
+        self._owned_changed()
 
 
-def install(settings: Settings, interest: Interest, appservices: list[AppserviceID]) -> Router:
-    return Router(settings, interest, appservices, fatal)
+def install(settings: Settings, interest: Interest, appservices: list[AppserviceID], metrics: Metrics) -> Router:
+    return Router(settings, interest, appservices, fatal, metrics)
 
 
 __all__ = ["Router", "install"]

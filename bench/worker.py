@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,12 @@ READY = "worker ready"
 # Trees whose router runs on its own thread (own consumer group on the input) log this on each of its rebalances.
 ROUTER_OWNS = "router owns input partitions"
 _ROUTER_OWNS = re.compile(re.escape(ROUTER_OWNS) + r" \[([0-9, ]*)\]")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -32,6 +39,7 @@ class BenchWorker:
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    metrics_port: int = field(default_factory=_free_port)
 
     def env(self) -> dict[str, str]:
         return {
@@ -47,6 +55,8 @@ class BenchWorker:
             # The worker's HTTP API (appservice ping) binds a fixed port by default;
             # several bench workers (and a retiring one) would collide on it.
             "APPSERVICE_STREAMS_HTTP_PORT": "0",
+            # Metrics stay on (their cost is part of what is measured), each worker on a port of its own.
+            "APPSERVICE_STREAMS_METRICS_PORT": str(self.metrics_port),
             "PYTHONPATH": str(self.source),
             **self.extra_env,
         }
