@@ -1,0 +1,118 @@
+"""``/metrics``, ``/livez`` and ``/readyz`` of real worker processes, scraped during real runs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from agents.producer import EventProducer
+from tests.integration.events import message
+from tests.support.recording_appservice import RecordingAppservice
+from tests.support.worker_process import WorkerProcess, write_registration
+
+Factory = Callable[[], RecordingAppservice]
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def get(worker: WorkerProcess, path: str) -> tuple[int, str]:
+    url = f"http://127.0.0.1:{worker.metrics_port}{path}"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.text()
+
+
+async def scrape(worker: WorkerProcess) -> Samples:
+    status, text = await get(worker, "/metrics")
+    assert status == 200
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get(("appservice_streams_" + name, frozenset(labels.items())))
+
+
+async def until(worker: WorkerProcess, check: Callable[[Samples], bool], timeout_s: float, what: str) -> Samples:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        samples = await scrape(worker)
+        if check(samples):
+            return samples
+        if time.monotonic() > deadline:
+            shown = {k: v for k, v in samples.items() if "appservice" in dict(k[1]) or "lag" in k[0]}
+            raise AssertionError(f"{what} not seen within {timeout_s} s; last scrape: {shown}")
+        await asyncio.sleep(0.2)
+
+
+async def test_an_appservice_taken_down_shows_up_0_and_a_growing_backlog_then_recovers(
+    appservice_factory: Factory, registrations: Path, worker: WorkerProcess, producer: EventProducer
+) -> None:
+    bridge = appservice_factory()
+    await bridge.start()
+    write_registration(registrations, "bridge", bridge.url)
+    worker.start()
+    # Every worker resumes every appservice after its rebalance: the owner then exports it.
+    await until(worker, lambda s: value(s, "appservice_up", appservice="bridge") == 1, 15, "bridge up")
+    assert (await get(worker, "/livez"))[0] == 200
+    status, text = await get(worker, "/readyz")
+    assert (status, text) == (200, "ok\n")
+
+    bridge.fail_next(10_000, 503)  # down: every attempt fails
+    producer.send_event(message(0))
+    producer.flush()
+    samples = await until(worker, lambda s: value(s, "appservice_up", appservice="bridge") == 0, 10, "bridge down")
+    assert value(samples, "appservice_state", appservice="bridge", state="idle") == 0
+    assert (value(samples, "transactions_failed_total", appservice="bridge", reason="5xx") or 0) >= 1
+
+    for n in range(1, 31):
+        producer.send_event(message(n))
+    producer.flush()
+    # The backlog is read from the machine state at scrape time: it grows as soon as the worker stepped the items.
+    samples = await until(
+        worker, lambda s: value(s, "appservice_backlog_items", appservice="bridge", kind="event") == 31, 5, "backlog 31"
+    )
+    assert value(samples, "appservice_up", appservice="bridge") == 0
+    assert (value(samples, "appservice_down_since_seconds", appservice="bridge") or 0) > 0
+
+    bridge._failures.clear()  # back up: the next retry (at most a few seconds away at 100 ms units) succeeds
+    await bridge.wait_for_events(31, timeout_s=30)
+    samples = await until(
+        worker,
+        lambda s: (
+            value(s, "appservice_up", appservice="bridge") == 1
+            and value(s, "appservice_backlog_items", appservice="bridge", kind="event") == 0
+        ),
+        10,
+        "bridge up with an empty backlog",
+    )
+    assert value(samples, "appservice_state", appservice="bridge", state="idle") == 1
+    assert value(samples, "appservice_down_since_seconds", appservice="bridge") == 0
+    assert value(samples, "items_sent_total", appservice="bridge", kind="event") == 31
+    assert (value(samples, "transactions_sent_total", appservice="bridge") or 0) >= 2
+    assert (value(samples, "transaction_duration_seconds_count", appservice="bridge") or 0) >= 3
+    assert (value(samples, "transaction_retries_total", appservice="bridge") or 0) >= 1
+    assert (value(samples, "appservice_last_success_timestamp_seconds", appservice="bridge") or 0) > time.time() - 60
+    # The worker's group consumes every partition of inbox and delay (one worker), and lag is reported for them.
+    assert value(samples, "assigned_partitions", topic=f"{worker.app_id}.inbox") == 4
+    assert value(samples, "assigned_partitions", topic=worker.input_topic) == 4
+    assert (value(samples, "rebalances_total") or 0) >= 1
+    # Consumer lag of both groups, from librdkafka's statistics (router) and from highwater minus committed (Faust).
+    router_group, inbox = f"{worker.app_id}-router", f"{worker.app_id}.inbox"
+    samples = await until(
+        worker,
+        lambda s: all(
+            value(s, "consumer_lag", group=group, topic=topic, partition=str(p)) is not None
+            for group, topic in ((router_group, worker.input_topic), (worker.app_id, inbox))
+            for p in range(4)
+        ),
+        15,
+        "consumer lag of both groups on every partition",
+    )
+    assert value(samples, "consumer_lag", group=router_group, topic=worker.input_topic, partition="0") == 0
