@@ -35,6 +35,7 @@ class BenchWorker:
     log_path: Path
     partitions: int = 8
     retry_unit_ms: int = 100
+    bootstrap: str = "127.0.0.1:9092"
     source: Path = procs.ROOT  # the tree whose agents/ and streams/ run
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
@@ -44,6 +45,8 @@ class BenchWorker:
     def env(self) -> dict[str, str]:
         return {
             "MATRIX_SERVER_NAME": "example.org",
+            # The rig's broker (--bootstrap-servers), not the worker's default 127.0.0.1:9092.
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "APPSERVICE_STREAMS_APP_ID": self.app_id,
             "APPSERVICE_STREAMS_INPUT_TOPIC": self.input_topic,
             "APPSERVICE_STREAMS_DATA_DIR": str(self.data_dir),
