@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -106,6 +106,9 @@ class Metrics:
         self._last_success: dict[AppserviceID, float] = {}
         self._counters = {a: _AppserviceCounters(self, a) for a in appservices}
         r.register(_StateCollector(self))
+        # process_* (CPU, memory, start time: a crash loop shows as start times changing), python_*.
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(standard)
 
     def transaction_done(self, send: Send, outcome: Outcome | None, duration_s: float) -> None:
         """One attempt at ``send`` ended in ``outcome`` (None: the worker broke while sending)."""

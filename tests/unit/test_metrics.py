@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 
 from agents.metrics import Metrics
 from agents.metrics_http import Health, MetricsServer
@@ -117,7 +121,7 @@ def get(port: int, path: str) -> tuple[int, str]:
 
 
 @pytest.fixture
-def loop_thread() -> object:
+def loop_thread() -> Iterator[asyncio.AbstractEventLoop]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -165,3 +169,20 @@ def test_a_wedged_loop_fails_liveness_while_metrics_still_answer(loop_thread: as
         server.stop()
         wedged.set()
     assert health.loop_answers(timeout_s=5)
+
+
+def test_the_shipped_rules_use_only_metrics_the_worker_exports() -> None:
+    metrics = Metrics([BRIDGE])
+    metrics.owned.assigned([0])
+    metrics.owned.stepped(BRIDGE, 0, AppserviceState())
+    metrics.set_lag("app", {("app.inbox", 0): 0})
+    metrics.set_assignment("app", "app.inbox", [0])
+    exported = {s.name for family in metrics.registry.collect() for s in family.samples}
+    rules = yaml.safe_load((Path(__file__).parents[2] / "deploy/prometheus/alerts.yml").read_text())
+    used = {
+        name
+        for group in rules["groups"]
+        for rule in group["rules"]
+        for name in re.findall(r"\b(?:appservice_streams_|process_)[a-z_]+", rule["expr"])
+    }
+    assert used and used <= exported, used - exported
