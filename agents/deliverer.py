@@ -43,6 +43,7 @@ from streams.delivery import BodyFormat, Send, run_step
 from streams.errors import BadRecord, InvariantBroken
 from streams.machine import CameUp, Input, MachineConfig, Resume, TxnFailed, WentDown
 from streams.matrix import AppserviceID
+from streams.observed import undelivered
 from streams.outcome import Outcome as HttpOutcome
 from streams.outcome import as_input
 from streams.records import DelayRecord, decode_inbox_record, encode_delay, encode_outcome
@@ -201,9 +202,20 @@ def install(pipeline: Pipeline) -> Senders:
         effects.delays.extend((appservice_id, d) for d in result.delays)
         for notice in result.notices:
             if isinstance(notice, WentDown):
-                log.warning("appservice %s is DOWN: txn %s failed (%s)", appservice_id, notice.txn_id, notice.reason)
+                log.warning(
+                    "appservice %s is DOWN: txn %s failed (%s); %d items not delivered",
+                    appservice_id,
+                    notice.txn_id,
+                    notice.reason,
+                    undelivered(result.state),
+                )
             elif isinstance(notice, CameUp):
-                log.warning("appservice %s is UP again after %d ms", appservice_id, notice.down_for_ms)
+                log.warning(
+                    "appservice %s is UP again after %d ms; %d items not delivered",
+                    appservice_id,
+                    notice.down_for_ms,
+                    undelivered(result.state),
+                )
             else:
                 log.debug("appservice %s: %s", appservice_id, notice.reason)
 

@@ -53,6 +53,11 @@ def view(state: AppserviceState, now_ms: int) -> AppserviceView:
     return AppserviceView(not state.phase.is_down, state.phase, backlog, down_for_s, state.attempt)
 
 
+def undelivered(state: AppserviceState) -> int:
+    """Items accepted and not yet delivered, all kinds: parked and in flight."""
+    return state.backlog + (sum(state.inflight.counts) if state.inflight is not None else 0)
+
+
 class OwnedAppservices:
     """The latest state of each appservice of the inbox partitions owned now.
 
@@ -160,5 +165,6 @@ __all__ = [
     "group_lag",
     "readiness",
     "router_lag",
+    "undelivered",
     "view",
 ]

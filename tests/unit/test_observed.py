@@ -6,7 +6,7 @@ import pytest
 
 from streams.machine import AppserviceState, Phase, Txn
 from streams.matrix import AppserviceID, TxnID
-from streams.observed import OwnedAppservices, group_lag, readiness, router_lag, view
+from streams.observed import OwnedAppservices, group_lag, readiness, router_lag, undelivered, view
 from streams.outcome import ConnectFailed, Delivered, FailureReason, HttpError, Outcome, TimedOut, failure_reason
 
 BRIDGE, BOT = AppserviceID("bridge"), AppserviceID("bot")
@@ -46,6 +46,7 @@ def test_an_idle_appservice_is_up_with_nothing_behind() -> None:
 def test_the_backlog_counts_parked_and_in_flight_items_per_kind() -> None:
     state = AppserviceState(phase=Phase.SENDING, inflight=Txn(TxnID(1), (100, 3, 0, 1)), queued=(250, 0, 7, 0))
     assert view(state, now_ms=0).backlog == (350, 3, 7, 1)
+    assert undelivered(state) == 361  # what the DOWN and UP log lines say
 
 
 def test_a_down_appservice_reports_how_long_it_has_been_down() -> None:
