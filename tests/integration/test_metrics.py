@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -13,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agents.producer import EventProducer
 from tests.integration.events import message
 from tests.support.recording_appservice import RecordingAppservice
-from tests.support.worker_process import WorkerProcess, write_registration
+from tests.support.worker_process import WorkerProcess, free_port, write_registration
 
 Factory = Callable[[], RecordingAppservice]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -116,3 +117,45 @@ async def test_an_appservice_taken_down_shows_up_0_and_a_growing_backlog_then_re
         "consumer lag of both groups on every partition",
     )
     assert value(samples, "consumer_lag", group=router_group, topic=worker.input_topic, partition="0") == 0
+
+
+# One appservice per inbox partition (4), as in test_rebalance.
+APPSERVICES = ("signal", "sms", "irc", "bridge")
+
+
+def exported(samples: Samples) -> set[str]:
+    return {dict(labels)["appservice"] for name, labels in samples if name == "appservice_streams_appservice_up"}
+
+
+async def test_two_workers_export_disjoint_appservices_and_a_survivor_takes_over_the_killed_ones(
+    appservice_factory: Factory, registrations: Path, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    for appservice_id in APPSERVICES:
+        appservice = appservice_factory()
+        await appservice.start()
+        write_registration(registrations, appservice_id, appservice.url)
+    other = replace(
+        worker,
+        instance="other",
+        data_dir=tmp_path / "other-data",
+        log_path=tmp_path / "other.log",
+        http_port=free_port(),
+        metrics_port=free_port(),
+    )
+    worker.start()
+    other.start()
+    try:
+        deadline = time.monotonic() + 45
+        while True:
+            first, second = exported(await scrape(worker)), exported(await scrape(other))
+            if first | second == set(APPSERVICES) and first and second and not first & second:
+                break  # each appservice exported once, by its owner
+            assert time.monotonic() < deadline, f"series not split between the workers: {first} / {second}"
+            await asyncio.sleep(0.3)
+        ready = [(await get(w, "/readyz"))[0] for w in (worker, other)]
+        assert ready == [200, 200]
+        other.kill()
+        # The survivor's next assignment gives it every partition; the resume after it steps every appservice.
+        await until(worker, lambda s: exported(s) == set(APPSERVICES), 60, "the survivor exporting all")
+    finally:
+        other.stop()
