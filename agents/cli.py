@@ -3,6 +3,7 @@
 appservice-streams kafka start|stop|status|reset   local KRaft broker (127.0.0.1)
 appservice-streams worker --registrations DIR      run a worker
 appservice-streams produce [FILE]                  JSON lines → matrix.events
+appservice-streams status [--worker HOST:PORT]...  every appservice across the workers
 appservice-streams demo                            everything, end to end
 """
 
@@ -119,6 +120,25 @@ def _produce(args: argparse.Namespace) -> int:
     return 1 if refused else 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    import time
+
+    import orjson
+
+    from agents.status import as_json, collect, render
+
+    workers = args.worker or [
+        f"{os.environ.get('APPSERVICE_STREAMS_METRICS_HOST') or '127.0.0.1'}:"
+        f"{os.environ.get('APPSERVICE_STREAMS_METRICS_PORT') or 9109}"
+    ]
+    rows, worker_rows = collect(workers)
+    if args.json:
+        print(orjson.dumps(as_json(rows, worker_rows), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render(rows, worker_rows, time.time()))
+    return 0 if all(w.answered for w in worker_rows) else 1
+
+
 def _demo(args: argparse.Namespace) -> int:
     from agents.demo import run_demo
 
@@ -154,6 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--topic", default="matrix.events")
     produce.add_argument("--bootstrap-servers")
     produce.set_defaults(run=_produce)
+
+    status = sub.add_parser("status", help="every appservice across the workers, from their metrics listeners")
+    status.add_argument(
+        "--worker",
+        action="append",
+        help="a worker's metrics listener, HOST:PORT or URL; repeat for each worker "
+        "(default APPSERVICE_STREAMS_METRICS_HOST:…_PORT or 127.0.0.1:9109)",
+    )
+    status.add_argument("--json", action="store_true", help="JSON instead of a table")
+    status.set_defaults(run=_status)
 
     sub.add_parser("bench", help="the benchmark: appservice-streams bench --help")
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from agents.producer import EventProducer
@@ -154,6 +157,18 @@ async def test_two_workers_export_disjoint_appservices_and_a_survivor_takes_over
             await asyncio.sleep(0.3)
         ready = [(await get(w, "/readyz"))[0] for w in (worker, other)]
         assert ready == [200, 200]
+        # `appservice-streams status` over both workers: each appservice once, from its owner.
+        command = [sys.executable, "-m", "agents.cli", "status", "--json"]
+        for w in (worker, other):
+            command += ["--worker", f"127.0.0.1:{w.metrics_port}"]
+        done = await asyncio.to_thread(subprocess.run, command, capture_output=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        status = orjson.loads(done.stdout)
+        owners = {row["appservice"]: row["worker"] for row in status["appservices"]}
+        assert sorted(owners) == sorted(APPSERVICES) and len(status["appservices"]) == len(APPSERVICES)
+        assert {owners[a] for a in first} == {f"127.0.0.1:{worker.metrics_port}"}
+        assert [(w["answered"], w["ready"]) for w in status["workers"]] == [(True, True), (True, True)]
+        assert all(row["up"] and row["state"] == "idle" for row in status["appservices"])
         other.kill()
         # The survivor's next assignment gives it every partition; the resume after it steps every appservice.
         await until(worker, lambda s: exported(s) == set(APPSERVICES), 60, "the survivor exporting all")

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
 
 from agents.metrics import Metrics
 from agents.metrics_http import Health, MetricsServer
+from agents.status import WorkerRow, parse, render
 from streams.delivery import Send
 from streams.machine import AppserviceState, Phase, Txn
 from streams.matrix import AppserviceID, TxnID
@@ -186,3 +188,36 @@ def test_the_shipped_rules_use_only_metrics_the_worker_exports() -> None:
         for name in re.findall(r"\b(?:appservice_streams_|process_)[a-z_]+", rule["expr"])
     }
     assert used and used <= exported, used - exported
+
+
+def test_status_reads_one_workers_metrics_into_rows_and_a_table() -> None:
+    metrics = Metrics([BRIDGE])
+    metrics.owned.assigned([0])
+    metrics.owned.stepped(
+        BRIDGE,
+        0,
+        AppserviceState(
+            phase=Phase.RETRYING,
+            inflight=Txn(TxnID(5), (100, 0, 0, 0)),
+            attempt=4,
+            retry_at_ms=1,
+            down_since_ms=1,
+            queued=(150, 2, 0, 0),
+        ),
+    )
+    metrics.set_assignment("app", "app.inbox", [0, 1])
+    metrics.set_lag("app", {("app.inbox", 0): 3, ("app.inbox", 1): 4})
+    rows, worker = parse("w1:9109", generate_latest(metrics.registry).decode())
+    [row] = rows
+    assert (row.appservice, row.worker, row.up, row.state, row.failed_attempts) == (
+        "bridge",
+        "w1:9109",
+        False,
+        "retrying",
+        4,
+    )
+    assert row.backlog == {"event": 250, "ephemeral": 2, "to_device": 0, "device": 0}
+    assert (worker.assigned_partitions, worker.lag) == ({"app.inbox": 2}, {"app": 7})
+    table = render(rows, [worker, WorkerRow("w2:9109", answered=False, error="refused")], now_unix=0)
+    assert "bridge" in table and "retrying" in table and "NO" in table and "252" in table
+    assert "worker w2:9109: NO ANSWER (refused)" in table
