@@ -100,7 +100,8 @@ class Metrics:
         for reason in DeadLetterReason:
             self.dead_letters.labels(reason.value)
         self.owned = OwnedAppservices()
-        # Written by the loop and the router thread, read by the scrape; whole values replaced, never mutated.
+        # The router thread writes its group's and topic's keys, the loop the others': every write replaces
+        # one key's whole value (atomic), the scrape reads copies.
         self.assigned: dict[str, int] = {}  # topic → partitions this worker consumes
         self.lag: dict[str, dict[tuple[str, int], int]] = {}  # group → (topic, partition) → records behind
         self._last_success: dict[AppserviceID, float] = {}
@@ -135,12 +136,12 @@ class Metrics:
 
     def set_lag(self, group: str, lags: dict[tuple[str, int], int]) -> None:
         """The lag of every partition ``group`` consumes here now (replacing the previous report)."""
-        self.lag = {**self.lag, group: lags}
+        self.lag[group] = lags
 
     def set_assignment(self, group: str, topic: str, partitions: Iterable[int]) -> None:
         """``group`` consumes ``partitions`` of ``topic`` here now: the lag of any other goes."""
         owned = set(partitions)
-        self.assigned = {**self.assigned, topic: len(owned)}
+        self.assigned[topic] = len(owned)
         kept = {key: lag for key, lag in self.lag.get(group, {}).items() if key[0] != topic or key[1] in owned}
         self.set_lag(group, kept)
 
