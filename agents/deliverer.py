@@ -197,7 +197,7 @@ def install(pipeline: Pipeline) -> Senders:
             log.warning("inbox holds %d records for %s, which has no registration", len(inputs), appservice_id)
             return
         result = run_step(appservice_id, inputs, store, now_ms=now, config=config, body_format=formats[appservice_id])
-        owned.stepped(appservice_id, inbox_partition(appservice_id), result.state)
+        owned.stepped(appservice_id, inbox_partition(appservice_id), result.state, now)
         effects.sends.extend(result.sends)
         effects.delays.extend((appservice_id, d) for d in result.delays)
         for notice in result.notices:

@@ -180,6 +180,12 @@ class _StateCollector(Collector):
             "Seconds since the appservice went DOWN; 0 while up",
             labels=["appservice"],
         )
+        oldest = GaugeMetricFamily(
+            PREFIX + "appservice_oldest_undelivered_seconds",
+            "Age of the oldest item not yet delivered, since it reached this worker (or since this worker took"
+            " the appservice over); 0 when none",
+            labels=["appservice"],
+        )
         attempt = GaugeMetricFamily(
             PREFIX + "appservice_failed_attempts", "Failed attempts of the transaction in flight", labels=["appservice"]
         )
@@ -189,18 +195,19 @@ class _StateCollector(Collector):
             labels=["appservice"],
         )
         last_success = m._last_success.copy()
-        for appservice_id, machine in m.owned.snapshot():
-            v = view(machine, now_ms)
+        for appservice_id, machine, oldest_ms in m.owned.snapshot():
+            v = view(machine, now_ms, oldest_ms)
             up.add_metric([appservice_id], 1.0 if v.up else 0.0)
             for phase in PHASES:
                 state.add_metric([appservice_id, phase.value], 1.0 if phase is v.phase else 0.0)
             for kind in KINDS:
                 backlog.add_metric([appservice_id, KIND_LABELS[kind]], float(v.backlog[kind]))
             down.add_metric([appservice_id], v.down_for_s)
+            oldest.add_metric([appservice_id], v.oldest_s)
             attempt.add_metric([appservice_id], float(v.attempt))
             if appservice_id in last_success:
                 success.add_metric([appservice_id], last_success[appservice_id])
-        yield from (up, state, backlog, down, attempt, success)
+        yield from (up, state, backlog, down, oldest, attempt, success)
 
         assigned = GaugeMetricFamily(
             PREFIX + "assigned_partitions", "Partitions this worker consumes, by topic", labels=["topic"]

@@ -55,7 +55,7 @@ async def until(worker: WorkerProcess, check: Callable[[Samples], bool], timeout
         await asyncio.sleep(0.2)
 
 
-async def test_an_appservice_taken_down_shows_up_0_and_a_growing_backlog_then_recovers(
+async def test_an_appservice_taken_down_shows_up_0_a_growing_backlog_and_age_then_recovers(
     appservice_factory: Factory, registrations: Path, worker: WorkerProcess, producer: EventProducer
 ) -> None:
     bridge = appservice_factory()
@@ -84,6 +84,12 @@ async def test_an_appservice_taken_down_shows_up_0_and_a_growing_backlog_then_re
     )
     assert value(samples, "appservice_up", appservice="bridge") == 0
     assert (value(samples, "appservice_down_since_seconds", appservice="bridge") or 0) > 0
+    # The oldest undelivered item (event 0) keeps ageing from scrape to scrape while the appservice is down.
+    age = value(samples, "appservice_oldest_undelivered_seconds", appservice="bridge") or 0
+    assert age > 0
+    await asyncio.sleep(1.0)
+    later = value(await scrape(worker), "appservice_oldest_undelivered_seconds", appservice="bridge") or 0
+    assert later >= age + 0.9
 
     bridge._failures.clear()  # back up: the next retry (at most a few seconds away at 100 ms units) succeeds
     await bridge.wait_for_events(31, timeout_s=30)
@@ -98,6 +104,7 @@ async def test_an_appservice_taken_down_shows_up_0_and_a_growing_backlog_then_re
     )
     assert value(samples, "appservice_state", appservice="bridge", state="idle") == 1
     assert value(samples, "appservice_down_since_seconds", appservice="bridge") == 0
+    assert value(samples, "appservice_oldest_undelivered_seconds", appservice="bridge") == 0
     assert value(samples, "items_sent_total", appservice="bridge", kind="event") == 31
     assert (value(samples, "transactions_sent_total", appservice="bridge") or 0) >= 2
     assert (value(samples, "transaction_duration_seconds_count", appservice="bridge") or 0) >= 3

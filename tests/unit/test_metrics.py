@@ -54,7 +54,7 @@ def test_outcomes_count_sent_failed_by_reason_retries_and_durations() -> None:
 def test_items_sent_are_the_counts_of_the_owned_txn_in_flight() -> None:
     metrics = Metrics([BRIDGE])
     metrics.owned.assigned([0])
-    metrics.owned.stepped(BRIDGE, 0, AppserviceState(phase=Phase.SENDING, inflight=Txn(TxnID(5), (100, 2, 0, 1))))
+    metrics.owned.stepped(BRIDGE, 0, AppserviceState(phase=Phase.SENDING, inflight=Txn(TxnID(5), (100, 2, 0, 1))), 0)
     metrics.transaction_done(send(5), Delivered(200), 0.01)
     metrics.transaction_done(send(4), Delivered(200), 0.01)  # not the txn in flight: its counts are unknown
     assert sample(metrics, "items_sent_total", appservice="bridge", kind="event") == 100
@@ -75,7 +75,7 @@ def test_appservice_gauges_exist_only_while_owned() -> None:
         queued=(30, 0, 0, 0),
     )
     metrics.owned.assigned([0])
-    metrics.owned.stepped(BRIDGE, 0, down)
+    metrics.owned.stepped(BRIDGE, 0, down, 0)
     assert sample(metrics, "appservice_up", appservice="bridge") == 0
     assert sample(metrics, "appservice_state", appservice="bridge", state="backing_off") == 1
     assert sample(metrics, "appservice_state", appservice="bridge", state="idle") == 0
@@ -176,7 +176,7 @@ def test_a_wedged_loop_fails_liveness_while_metrics_still_answer(loop_thread: as
 def test_the_shipped_rules_use_only_metrics_the_worker_exports() -> None:
     metrics = Metrics([BRIDGE])
     metrics.owned.assigned([0])
-    metrics.owned.stepped(BRIDGE, 0, AppserviceState())
+    metrics.owned.stepped(BRIDGE, 0, AppserviceState(), 0)
     metrics.set_lag("app", {("app.inbox", 0): 0})
     metrics.set_assignment("app", "app.inbox", [0])
     exported = {s.name for family in metrics.registry.collect() for s in family.samples}
@@ -204,6 +204,7 @@ def test_status_reads_one_workers_metrics_into_rows_and_a_table() -> None:
             down_since_ms=1,
             queued=(150, 2, 0, 0),
         ),
+        0,
     )
     metrics.set_assignment("app", "app.inbox", [0, 1])
     metrics.set_lag("app", {("app.inbox", 0): 3, ("app.inbox", 1): 4})

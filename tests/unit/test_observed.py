@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from streams.machine import AppserviceState, Phase, Txn
+from streams.machine import (
+    AppserviceState,
+    Input,
+    Item,
+    ItemKind,
+    ItemsArrived,
+    MachineConfig,
+    Phase,
+    PingSucceeded,
+    Resume,
+    RetryDue,
+    SourcePosition,
+    Txn,
+    TxnFailed,
+    TxnSucceeded,
+    step,
+)
 from streams.matrix import AppserviceID, TxnID
-from streams.observed import OwnedAppservices, group_lag, readiness, router_lag, undelivered, view
+from streams.observed import Arrivals, OwnedAppservices, group_lag, readiness, router_lag, undelivered, view
 from streams.outcome import ConnectFailed, Delivered, FailureReason, HttpError, Outcome, TimedOut, failure_reason
 
 BRIDGE, BOT = AppserviceID("bridge"), AppserviceID("bot")
@@ -69,21 +87,21 @@ def sending(txn_id: int, events: int) -> AppserviceState:
 
 def test_only_appservices_of_owned_partitions_are_kept() -> None:
     owned = OwnedAppservices()
-    owned.stepped(BRIDGE, 1, sending(7, 2))  # before any assignment: not owned for sure
+    owned.stepped(BRIDGE, 1, sending(7, 2), 0)  # before any assignment: not owned for sure
     assert owned.snapshot() == []
     owned.assigned([1, 2])
-    owned.stepped(BRIDGE, 1, sending(7, 2))
-    owned.stepped(BOT, 3, sending(8, 1))  # a partition of another worker
-    assert owned.snapshot() == [(BRIDGE, sending(7, 2))]
+    owned.stepped(BRIDGE, 1, sending(7, 2), 0)
+    owned.stepped(BOT, 3, sending(8, 1), 0)  # a partition of another worker
+    assert owned.snapshot() == [(BRIDGE, sending(7, 2), 0)]
     assert owned.owns(BRIDGE) and not owned.owns(BOT)
 
 
 def test_the_latest_step_wins_and_gives_the_counts_of_the_txn_in_flight() -> None:
     owned = OwnedAppservices()
     owned.assigned([1])
-    owned.stepped(BRIDGE, 1, sending(7, 2))
-    owned.stepped(BRIDGE, 1, sending(9, 100))
-    assert owned.snapshot() == [(BRIDGE, sending(9, 100))]
+    owned.stepped(BRIDGE, 1, sending(7, 2), 0)
+    owned.stepped(BRIDGE, 1, sending(9, 100), 0)
+    assert owned.snapshot() == [(BRIDGE, sending(9, 100), 0)]
     assert owned.inflight(BRIDGE, 9) == (100, 0, 0, 0)
     assert owned.inflight(BRIDGE, 7) is None  # no longer in flight
     assert owned.inflight(BOT, 9) is None
@@ -92,14 +110,14 @@ def test_the_latest_step_wins_and_gives_the_counts_of_the_txn_in_flight() -> Non
 def test_a_revocation_drops_every_series_and_the_next_assignment_keeps_only_its_partitions() -> None:
     owned = OwnedAppservices()
     owned.assigned([1, 2])
-    owned.stepped(BRIDGE, 1, sending(7, 2))
-    owned.stepped(BOT, 2, sending(8, 1))
+    owned.stepped(BRIDGE, 1, sending(7, 2), 0)
+    owned.stepped(BOT, 2, sending(8, 1), 0)
     owned.revoked()
     assert owned.snapshot() == []
-    owned.stepped(BRIDGE, 1, sending(7, 2))  # a late step between revocation and assignment
+    owned.stepped(BRIDGE, 1, sending(7, 2), 0)  # a late step between revocation and assignment
     assert owned.snapshot() == []
     owned.assigned([1])
-    owned.stepped(BRIDGE, 1, sending(7, 2))
+    owned.stepped(BRIDGE, 1, sending(7, 2), 0)
     owned.assigned([2])  # partition 1 moved away without a revocation seen here
     assert owned.snapshot() == []
 
@@ -142,3 +160,118 @@ def test_readiness_names_every_reason() -> None:
     assert readiness(router_started=True, router_alive=False, assigned=True, rebalancing=False) == [
         "router thread ended"
     ]
+
+
+class Owner:
+    """The real machine stepped at given times, its states fed to an ``Arrivals`` as the deliverer does."""
+
+    def __init__(self) -> None:
+        self.state = AppserviceState()
+        self.arrivals = Arrivals(self.state, 0)
+
+    def at(self, now_ms: int, *inputs: Input) -> int | None:
+        for input_ in inputs:
+            self.state, _ = step(self.state, input_, now_ms, MachineConfig())
+        return self.arrivals.update(self.state, now_ms)
+
+    def txn(self) -> TxnID:
+        assert self.state.inflight is not None
+        return self.state.inflight.txn_id
+
+
+def items(*offsets: int, kind: ItemKind = ItemKind.EVENT) -> ItemsArrived:
+    return ItemsArrived(tuple(Item(kind, SourcePosition(0, o), b"{}") for o in offsets))
+
+
+def test_the_oldest_undelivered_item_ages_until_delivered_then_the_next_oldest_counts() -> None:
+    owner = Owner()
+    assert owner.at(1_000) is None  # nothing undelivered
+    assert owner.at(2_000, items(0)) == 2_000  # formed and in flight at once: undelivered still
+    first = owner.txn()
+    assert owner.at(3_000, items(*range(1, 31))) == 2_000  # parked behind it
+    assert owner.at(4_000, TxnFailed(first, "HTTP 503")) == 2_000
+    assert owner.at(5_000, items(31, kind=ItemKind.EPHEMERAL)) == 2_000
+    assert owner.at(9_000, TxnSucceeded(first)) == 3_000  # event 0 delivered: the 30 parked at 3 s are oldest
+    second = owner.txn()
+    assert owner.at(9_500, TxnSucceeded(second)) is None  # 30 events and the ephemeral in one txn: all delivered
+    assert view(owner.state, 10_000, None).oldest_s == 0
+
+
+def test_a_partial_txn_leaves_the_rest_of_a_run_with_its_arrival_time() -> None:
+    owner = Owner()
+    owner.at(1_000, items(0))
+    first = owner.txn()
+    owner.at(2_000, items(*range(1, 151)))  # 150 parked
+    owner.at(3_000, items(151))
+    assert owner.at(4_000, TxnSucceeded(first)) == 2_000  # the next txn takes 100 of the 151: still in flight
+    assert owner.at(5_000, TxnSucceeded(owner.txn())) == 2_000  # 50 of the run of 2 s remain
+    assert owner.at(6_000, TxnSucceeded(owner.txn())) is None
+
+
+def test_an_appservice_taken_over_counts_its_items_from_the_takeover() -> None:
+    parked = AppserviceState(
+        phase=Phase.BACKING_OFF,
+        inflight=Txn(TxnID(1), (1, 0, 0, 0)),
+        retry_at_ms=1,
+        down_since_ms=1,
+        queued=(40, 0, 0, 0),
+    )
+    owned = OwnedAppservices()
+    owned.assigned([0])
+    owned.stepped(BRIDGE, 0, parked, 50_000)
+    assert owned.snapshot() == [(BRIDGE, parked, 50_000)]
+    assert view(parked, 80_000, 50_000).oldest_s == 30.0
+
+
+SMALL = MachineConfig(unit_ms=10, max_per_kind=(3, 2, 2, 1_000))
+walk = st.lists(
+    st.one_of(
+        st.tuples(st.just("items"), st.lists(st.sampled_from(list(ItemKind)), min_size=1, max_size=5)),
+        st.tuples(st.sampled_from(["ok", "fail", "due", "ping", "resume"]), st.just([])),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(walk, st.booleans())
+def test_arrivals_match_a_per_item_record_of_what_is_undelivered(
+    actions: list[tuple[str, list[ItemKind]]], replay: bool
+) -> None:
+    """Whatever the machine does, the oldest arrival is that of the oldest item not delivered, kind by kind."""
+    state, now, offset = AppserviceState(), 0, 0
+    arrivals = Arrivals(state, now)
+    pending: dict[ItemKind, list[int]] = {kind: [] for kind in ItemKind}  # arrival times, per kind FIFO
+    for action, kinds in actions:
+        now += 100
+        inflight = state.inflight
+        if action == "items":
+            batch = []
+            for kind in kinds:
+                batch.append(Item(kind, SourcePosition(0, offset), b"{}"))
+                pending[kind].append(now)
+                offset += 1
+            if replay and offset > len(kinds):  # an already applied item again: dropped by the machine
+                batch.insert(0, Item(ItemKind.EVENT, SourcePosition(0, offset - len(kinds) - 1), b"{}"))
+            event: Input = ItemsArrived(tuple(batch))
+        elif inflight is None:
+            continue
+        elif action == "ok":
+            event = TxnSucceeded(inflight.txn_id)
+        elif action == "fail":
+            event = TxnFailed(inflight.txn_id, "HTTP 500")
+        elif action == "due":
+            event = RetryDue(inflight.txn_id)
+            now = max(now, state.retry_at_ms or 0)
+        elif action == "ping":
+            event = PingSucceeded()
+        else:
+            event = Resume()
+        state, _ = step(state, event, now, SMALL)
+        if action == "ok" and inflight is not None:
+            for kind in ItemKind:
+                del pending[kind][: inflight.counts[kind]]
+        oldest = arrivals.update(state, now)
+        heads = [times[0] for times in pending.values() if times]
+        assert oldest == (min(heads) if heads else None)
+        assert [len(times) for times in pending.values()] == list(view(state, now).backlog)
