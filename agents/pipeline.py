@@ -33,7 +33,7 @@ from agents.metrics_http import Health, MetricsServer
 from agents.positions import AckFilter
 from streams.interest import Interest
 from streams.matrix import AppserviceID
-from streams.observed import DeadLetterReason
+from streams.observed import dead_letter_reason
 from streams.records import dead_letter_headers
 from streams.registration import Registration
 from streams.settings import Settings
@@ -77,13 +77,7 @@ class Pipeline:
         """Divert a record nobody can read, with where it came from and why."""
         message = event.message
         log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
-        self.metrics.dead_lettered(
-            DeadLetterReason.BAD_INBOX_RECORD
-            if message.topic == self.settings.inbox_topic
-            else DeadLetterReason.BAD_DELAY_RECORD
-            if message.topic == self.settings.delay_topic
-            else DeadLetterReason.OTHER
-        )
+        self.metrics.dead_lettered(dead_letter_reason(message.topic, self.settings))
         headers = dead_letter_headers(message.topic, message.partition, message.offset, reason)
         await self.dead_letter.send(key=event.key, value=event.value, headers=headers)
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from streams.machine import KINDS, NO_ITEMS, AppserviceState, Counts, Phase, counts
 from streams.matrix import AppserviceID
+from streams.settings import Settings
 
 
 class DeadLetterReason(enum.Enum):
@@ -36,6 +37,17 @@ class DeadLetterReason(enum.Enum):
     BAD_INBOX_RECORD = "bad_inbox_record"
     BAD_DELAY_RECORD = "bad_delay_record"
     OTHER = "other"  # a record of any other topic
+
+
+def dead_letter_reason(topic: str, settings: Settings) -> DeadLetterReason:
+    """The label for a record of ``topic`` the worker's agents could not read."""
+    if topic == settings.inbox_topic:
+        return DeadLetterReason.BAD_INBOX_RECORD
+    if topic == settings.delay_topic:
+        return DeadLetterReason.BAD_DELAY_RECORD
+    if topic == settings.input_topic:
+        return DeadLetterReason.BAD_INPUT
+    return DeadLetterReason.OTHER
 
 
 @dataclass(frozen=True)
@@ -250,6 +262,7 @@ __all__ = [
     "Arrivals",
     "DeadLetterReason",
     "OwnedAppservices",
+    "dead_letter_reason",
     "group_lag",
     "readiness",
     "router_lag",

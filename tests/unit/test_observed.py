@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,8 +26,19 @@ from streams.machine import (
     step,
 )
 from streams.matrix import AppserviceID, TxnID
-from streams.observed import Arrivals, OwnedAppservices, group_lag, readiness, router_lag, undelivered, view
+from streams.observed import (
+    Arrivals,
+    DeadLetterReason,
+    OwnedAppservices,
+    dead_letter_reason,
+    group_lag,
+    readiness,
+    router_lag,
+    undelivered,
+    view,
+)
 from streams.outcome import ConnectFailed, Delivered, FailureReason, HttpError, Outcome, TimedOut, failure_reason
+from streams.settings import Settings
 
 BRIDGE, BOT = AppserviceID("bridge"), AppserviceID("bot")
 
@@ -275,3 +288,11 @@ def test_arrivals_match_a_per_item_record_of_what_is_undelivered(
         heads = [times[0] for times in pending.values() if times]
         assert oldest == (min(heads) if heads else None)
         assert [len(times) for times in pending.values()] == list(view(state, now).backlog)
+
+
+def test_dead_letters_are_labelled_by_the_topic_they_came_from() -> None:
+    settings = Settings(server_name="example.org", registrations_dir=Path("r"), app_id="app")
+    assert dead_letter_reason("app.inbox", settings) is DeadLetterReason.BAD_INBOX_RECORD
+    assert dead_letter_reason("app.delay", settings) is DeadLetterReason.BAD_DELAY_RECORD
+    assert dead_letter_reason("matrix.events", settings) is DeadLetterReason.BAD_INPUT
+    assert dead_letter_reason("elsewhere", settings) is DeadLetterReason.OTHER
