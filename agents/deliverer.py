@@ -167,7 +167,7 @@ def install(pipeline: Pipeline) -> Senders:
         store, KafkaPartitionLog(settings.bootstrap_servers, settings.inbox_topic, settings.app_id), seek
     )
     ownership = Ownership(app)
-    owned = pipeline.metrics.owned  # what the appservice gauges show: one dict store per step
+    owned = pipeline.metrics.owned  # what the appservice gauges show: one O(1) update per step
     inbox_partitions: dict[AppserviceID, int] = {}
     formats = {
         r.id: BodyFormat(ephemeral_stable=r.receive_ephemeral, ephemeral_unstable=r.push_ephemeral_msc2409)

@@ -4,7 +4,8 @@ Counters are counted where things happen (a send's outcome, a dead letter, a
 rebalance) and labelled by appservice ID at most: never by room, user or txn.
 Gauges of state are read at scrape time, on the metrics thread, from what the
 worker keeps anyway (``streams.observed``): the deliverer's per-step cost is
-one dict store, and a scrape costs nothing between scrapes.
+a dict store and an ``Arrivals`` update (0.7 µs, 2.5 µs when counts moved),
+and a scrape costs nothing between scrapes.
 
 Only the owner of an appservice's inbox partition exports its ``appservice_*``
 gauges, and only the owner of a partition exports its ``consumer_lag``: a

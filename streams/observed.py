@@ -4,16 +4,17 @@ The shell (``agents.metrics``) turns these into Prometheus samples; the
 decisions live here so they are tested without a registry, a thread or Kafka:
 
 * ``OwnedAppservices``: the latest machine state of every appservice whose
-  inbox partition this worker owns, written once per step (a dict store, so
-  the deliverer's per-step cost stays O(1)) and read by the scrape on another
+  inbox partition this worker owns, written once per step (a dict store and
+  an ``Arrivals`` update, O(1) amortized) and read by the scrape on another
   thread. Only the owner exports an appservice: a revocation drops its
   partitions' appservices, and steps of partitions not owned are not kept.
 * ``view``: the gauges of one appservice from its ``AppserviceState``, and
   ``Arrivals``: when its oldest undelivered item arrived here (kept in memory
   by the owner, from the counts of successive states: no timestamp is stored,
   so after the appservice changed owner its items count from the takeover).
-* ``router_lag``: the router group's lag per input partition, from
-  librdkafka's statistics.
+* ``router_lag`` and ``group_lag``: consumer lag per partition, from
+  librdkafka's statistics (router) and from highwater and committed offsets.
+* ``dead_letter_reason``: the fixed label of a dead-lettered record.
 * ``readiness``: why a worker is not ready to take traffic, if it is not.
 """
 
