@@ -78,31 +78,58 @@ def view(state: AppserviceState, now_ms: int, oldest_ms: int | None = None) -> A
     )
 
 
+# Bounds on the runs kept per kind, and so on the memory of a long outage: items arriving within
+# MERGE_MS of the latest run's first join it; past MAX_RUNS, neighbours merge once the newer one's
+# span is under 1/MERGE_FRACTION of its age. An age is then overstated by at most 1 s or 1/64 of
+# it, and a day-long outage keeps ~800 runs per kind instead of one per step.
+MERGE_MS = 1000
+MERGE_FRACTION = 64
+MAX_RUNS = 1024
+
+
 class Arrivals:
-    """When one appservice's undelivered items arrived, per kind: runs ``[count, arrived_ms]``, oldest first.
+    """When one appservice's undelivered items arrived, per kind: runs ``[count, first_ms, last_ms]``, oldest first.
 
     Fed each state its steps leave. Items leave only by delivery: the txn in
     flight before a step and not after it was delivered, taking its counts off
     the head of each kind; whatever else the undelivered counts grew by arrived
     in that step. Each kind is its own FIFO (a txn takes from each head), so
-    each has its own runs. The first state seen counts as arrived then. A few
-    comparisons per step when nothing moved, a few µs when something did.
+    each has its own runs, bounded by merging close arrivals (``MERGE_MS``, ``MAX_RUNS``).
+    The first state seen counts as arrived then. A few comparisons per step
+    when nothing moved, a few µs when something did.
     """
 
-    __slots__ = ("_last", "_oldest", "_runs", "_totals")
+    __slots__ = ("_caps", "_last", "_oldest", "_runs", "_totals")
 
     def __init__(self, state: AppserviceState, now_ms: int) -> None:
         self._runs: tuple[deque[list[int]], ...] = tuple(deque() for _ in KINDS)
+        self._caps = [MAX_RUNS] * len(KINDS)
         self._totals = list(_undelivered_counts(state))
         for kind, count in enumerate(self._totals):
             if count:
-                self._runs[kind].append([count, now_ms])
+                self._runs[kind].append([count, now_ms, now_ms])
         self._last = state
         self._oldest = self._head()
 
     def _head(self) -> int | None:
         heads = [runs[0][1] for runs in self._runs if runs]
         return min(heads) if heads else None
+
+    def _compact(self, kind: int, now_ms: int) -> None:
+        """Merge neighbouring runs whose joint span is small beside the age of its newest item."""
+        runs = self._runs[kind]
+        merged: list[list[int]] = []
+        for run in runs:
+            previous = merged[-1] if merged else None
+            if previous is not None and run[2] - previous[1] <= (now_ms - run[2]) // MERGE_FRACTION:
+                previous[0] += run[0]
+                previous[2] = run[2]
+            else:
+                merged.append(run)
+        runs.clear()
+        runs.extend(merged)
+        # Fresh runs may not merge yet: compact again only when the runs have doubled.
+        self._caps[kind] = max(MAX_RUNS, 2 * len(merged))
 
     def update(self, state: AppserviceState, now_ms: int) -> int | None:
         """Take the state a step left; returns when the oldest item not yet delivered arrived (None: none left)."""
@@ -130,14 +157,20 @@ class Arrivals:
                     head[0] -= gone
                     gone = 0
             if arrived > 0:
-                runs.append([arrived, now_ms])
+                if runs and now_ms - runs[-1][1] < MERGE_MS:
+                    runs[-1][0] += arrived  # within a second of the latest run's first: joins it
+                    runs[-1][2] = now_ms
+                else:
+                    runs.append([arrived, now_ms, now_ms])
+                    if len(runs) > self._caps[kind]:
+                        self._compact(kind, now_ms)
                 total += arrived
             if total != after or gone:
                 # Not a change one step makes: start again from what is known, keeping the oldest time.
                 since = runs[0][1] if runs else now_ms
                 runs.clear()
                 if after:
-                    runs.append([after, since])
+                    runs.append([after, since, now_ms])
                 total = after
             self._totals[kind] = total
         self._oldest = self._head()

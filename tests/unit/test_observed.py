@@ -256,7 +256,7 @@ def test_arrivals_match_a_per_item_record_of_what_is_undelivered(
     arrivals = Arrivals(state, now)
     pending: dict[ItemKind, list[int]] = {kind: [] for kind in ItemKind}  # arrival times, per kind FIFO
     for action, kinds in actions:
-        now += 100
+        now += 1_500  # apart by more than MERGE_MS: every arrival keeps its own time
         inflight = state.inflight
         if action == "items":
             batch = []
@@ -296,3 +296,24 @@ def test_dead_letters_are_labelled_by_the_topic_they_came_from() -> None:
     assert dead_letter_reason("app.delay", settings) is DeadLetterReason.BAD_DELAY_RECORD
     assert dead_letter_reason("matrix.events", settings) is DeadLetterReason.BAD_INPUT
     assert dead_letter_reason("elsewhere", settings) is DeadLetterReason.OTHER
+
+
+def test_a_day_long_outage_keeps_a_bounded_number_of_runs_and_ages_within_a_percent() -> None:
+    owner = Owner()
+    owner.at(0, items(0))
+    owner.at(1, TxnFailed(owner.txn(), "HTTP 503"))
+    arrived_at = {0: 0}
+    offset, day_ms = 1, 86_400_000
+    for now in range(10, day_ms, 250):  # 4 steps per second for a day, one event each
+        owner.at(now, items(offset))
+        arrived_at[offset] = now
+        offset += 1
+    assert len(owner.arrivals._runs[ItemKind.EVENT]) < 2_000  # not one per step: 345,600
+    # Back up: deliver until what is left arrived in the last hour.
+    delivered, now = 0, day_ms
+    while owner.state.inflight is not None and arrived_at[delivered] < day_ms - 3_600_000:
+        delivered += owner.state.inflight.counts[ItemKind.EVENT]
+        oldest = owner.at(now, TxnSucceeded(owner.txn()))
+    assert oldest is not None
+    true_age, age = now - arrived_at[delivered], now - oldest
+    assert true_age <= age <= true_age + max(1000, true_age // 100)
