@@ -125,18 +125,29 @@ def _status(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from agents.status import as_json, collect, render
+    from agents.status import as_json, collect, render, unowned
 
+    missing: list[str] | None = None
+    if args.registrations:
+        from streams.registration import load_registrations
+
+        try:
+            expected = [str(r.id) for r in load_registrations(Path(args.registrations)) if r.url is not None]
+        except ConfigError as exc:
+            print(f"appservice-streams status: {exc}", file=sys.stderr)
+            return 2
     workers = args.worker or [
         f"{os.environ.get('APPSERVICE_STREAMS_METRICS_HOST') or '127.0.0.1'}:"
         f"{os.environ.get('APPSERVICE_STREAMS_METRICS_PORT') or 9109}"
     ]
     rows, worker_rows = collect(workers)
+    if args.registrations:
+        missing = unowned(rows, expected)
     if args.json:
-        print(orjson.dumps(as_json(rows, worker_rows), option=orjson.OPT_INDENT_2).decode())
+        print(orjson.dumps(as_json(rows, worker_rows, missing), option=orjson.OPT_INDENT_2).decode())
     else:
-        print(render(rows, worker_rows, time.time()))
-    return 0 if all(w.answered for w in worker_rows) else 1
+        print(render(rows, worker_rows, time.time(), missing))
+    return 0 if all(w.answered for w in worker_rows) and not missing else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -183,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default APPSERVICE_STREAMS_METRICS_HOST:…_PORT or 127.0.0.1:9109)",
     )
     status.add_argument("--json", action="store_true", help="JSON instead of a table")
+    status.add_argument(
+        "--registrations", help="folder of registrations: name the appservices no worker exports (exit 1 if any)"
+    )
     status.set_defaults(run=_status)
 
     sub.add_parser("bench", help="the benchmark: appservice-streams bench --help")

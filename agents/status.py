@@ -29,6 +29,7 @@ class AppserviceRow:
     state: str
     backlog: dict[str, int]
     down_for_s: float
+    oldest_undelivered_s: float
     failed_attempts: int
     last_success_unix: float | None
 
@@ -64,7 +65,7 @@ def parse(worker: str, text: str) -> tuple[list[AppserviceRow], WorkerRow]:
 
     def appservice(name: str) -> AppserviceRow:
         if name not in appservices:
-            appservices[name] = AppserviceRow(name, worker, True, "", dict.fromkeys(KINDS, 0), 0.0, 0, None)
+            appservices[name] = AppserviceRow(name, worker, True, "", dict.fromkeys(KINDS, 0), 0.0, 0.0, 0, None)
         return appservices[name]
 
     lag: dict[str, int] = defaultdict(int)
@@ -79,6 +80,8 @@ def parse(worker: str, text: str) -> tuple[list[AppserviceRow], WorkerRow]:
                 appservice(labels["appservice"]).backlog[labels["kind"]] = int(value)
             elif name == "appservice_down_since_seconds":
                 appservice(labels["appservice"]).down_for_s = value
+            elif name == "appservice_oldest_undelivered_seconds":
+                appservice(labels["appservice"]).oldest_undelivered_s = value
             elif name == "appservice_failed_attempts":
                 appservice(labels["appservice"]).failed_attempts = int(value)
             elif name == "appservice_last_success_timestamp_seconds":
@@ -113,8 +116,18 @@ def collect(workers: list[str]) -> tuple[list[AppserviceRow], list[WorkerRow]]:
     return rows, worker_rows
 
 
-def as_json(rows: list[AppserviceRow], workers: list[WorkerRow]) -> dict[str, object]:
-    return {"appservices": [asdict(r) for r in rows], "workers": [asdict(w) for w in workers]}
+def unowned(rows: list[AppserviceRow], expected: list[str]) -> list[str]:
+    """The appservices of ``expected`` no worker exports: no owner now, or their owner did not answer."""
+    shown = {r.appservice for r in rows}
+    return sorted(set(expected) - shown)
+
+
+def as_json(rows: list[AppserviceRow], workers: list[WorkerRow], missing: list[str] | None = None) -> dict[str, object]:
+    return {
+        "appservices": [asdict(r) for r in rows],
+        "workers": [asdict(w) for w in workers],
+        "unowned": missing or [],
+    }
 
 
 def _duration(seconds: float) -> str:
@@ -127,7 +140,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def render(rows: list[AppserviceRow], workers: list[WorkerRow], now_unix: float) -> str:
+def render(
+    rows: list[AppserviceRow], workers: list[WorkerRow], now_unix: float, missing: list[str] | None = None
+) -> str:
     table = [
         (
             "APPSERVICE",
@@ -137,6 +152,7 @@ def render(rows: list[AppserviceRow], workers: list[WorkerRow], now_unix: float)
             "EVENTS",
             "EPHEMERAL",
             "TO-DEVICE",
+            "OLDEST",
             "DOWN FOR",
             "LAST SUCCESS",
             "WORKER",
@@ -153,6 +169,7 @@ def render(rows: list[AppserviceRow], workers: list[WorkerRow], now_unix: float)
                 str(r.backlog["event"]),
                 str(r.backlog["ephemeral"]),
                 str(r.backlog["to_device"]),
+                _duration(r.oldest_undelivered_s),
                 _duration(r.down_for_s),
                 since,
                 r.worker,
@@ -161,6 +178,8 @@ def render(rows: list[AppserviceRow], workers: list[WorkerRow], now_unix: float)
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in table]
     lines.append("")
+    if missing:
+        lines.append(f"NOT EXPORTED BY ANY WORKER: {', '.join(missing)}")
     for w in workers:
         if not w.answered:
             lines.append(f"worker {w.worker}: NO ANSWER ({w.error})")
@@ -172,4 +191,4 @@ def render(rows: list[AppserviceRow], workers: list[WorkerRow], now_unix: float)
     return "\n".join(lines)
 
 
-__all__ = ["AppserviceRow", "WorkerRow", "as_json", "collect", "parse", "render"]
+__all__ = ["AppserviceRow", "WorkerRow", "as_json", "collect", "parse", "render", "unowned"]

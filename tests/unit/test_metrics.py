@@ -16,7 +16,7 @@ from prometheus_client import generate_latest
 
 from agents.metrics import Metrics
 from agents.metrics_http import Health, MetricsServer
-from agents.status import WorkerRow, parse, render
+from agents.status import WorkerRow, parse, render, unowned
 from streams.delivery import Send
 from streams.machine import AppserviceState, Phase, Txn
 from streams.matrix import AppserviceID, TxnID
@@ -217,8 +217,11 @@ def test_status_reads_one_workers_metrics_into_rows_and_a_table() -> None:
         "retrying",
         4,
     )
+    assert row.oldest_undelivered_s > 50 * 365 * 86400  # stepped at 0 ms: its items arrived in 1970
     assert row.backlog == {"event": 250, "ephemeral": 2, "to_device": 0, "device": 0}
     assert (worker.assigned_partitions, worker.lag) == ({"app.inbox": 2}, {"app": 7})
     table = render(rows, [worker, WorkerRow("w2:9109", answered=False, error="refused")], now_unix=0)
     assert "bridge" in table and "retrying" in table and "NO" in table and "252" in table
     assert "worker w2:9109: NO ANSWER (refused)" in table
+    assert unowned(rows, ["bridge", "bot"]) == ["bot"]
+    assert "NOT EXPORTED BY ANY WORKER: bot" in render(rows, [worker], now_unix=0, missing=["bot"])
