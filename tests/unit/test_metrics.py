@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shutil
+import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -225,3 +228,14 @@ def test_status_reads_one_workers_metrics_into_rows_and_a_table() -> None:
     assert "worker w2:9109: NO ANSWER (refused)" in table
     assert unowned(rows, ["bridge", "bot"]) == ["bot"]
     assert "NOT EXPORTED BY ANY WORKER: bot" in render(rows, [worker], now_unix=0, missing=["bot"])
+
+
+def test_the_alert_rules_fire_as_their_tests_say_when_promtool_is_there() -> None:
+    """``promtool test rules`` on synthetic series (skipped without Prometheus's promtool; ``PROMTOOL`` = its path)."""
+    promtool = os.environ.get("PROMTOOL") or shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed")
+    deploy = Path(__file__).parents[2] / "deploy/prometheus"
+    for command in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]):
+        done = subprocess.run([promtool, *command], cwd=deploy, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
