@@ -36,9 +36,6 @@ PREFIX = "appservice_streams_"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 PHASES = tuple(Phase)
 
-# (group, topic, partition) → records behind
-LagKey = tuple[str, str, int]
-
 
 class _AppserviceCounters:
     """One appservice's counter children, resolved once (``labels()`` takes a lock and a dict lookup)."""
