@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from agents.logs import KAFKA_LOGGER
+
 log = logging.getLogger(__name__)
 
 POLL_S = 0.1
@@ -78,6 +80,7 @@ def _confluent_producer(bootstrap_servers: str) -> Producer:
             # A record waits for no batch-mate: batches form by themselves
             # while earlier requests are in flight. (2 ms measured no better.)
             "linger.ms": 0,
+            "logger": KAFKA_LOGGER,  # through Python logging, repeats collapsed (agents.logs)
         }
     )
 

@@ -70,6 +70,11 @@ def _worker(args: argparse.Namespace) -> int:
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     pipeline = create_pipeline(settings, registrations)
+    import faust.transport.drivers.aiokafka
+
+    from agents.logs import collapse_library_repeats
+
+    collapse_library_repeats()  # a broker down for 30 s was 3,120 log lines
     for r in registrations:
         log.info("appservice %s: %s", r.id, "url: null, nothing is sent" if r.url is None else r.url)
     worker = faust.Worker(pipeline.app, loglevel=args.log_level, quiet=True, redirect_stdouts=False)

@@ -24,6 +24,7 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from rocksdict import Options, Rdict, WriteBatch
 
+from agents.logs import KAFKA_LOGGER
 from streams.errors import InvariantBroken
 from streams.matrix import RoomID
 from streams.rooms import RoomState, decode_room, encode_room
@@ -129,6 +130,7 @@ class RoomsStore:
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
                 "auto.offset.reset": "earliest",
+                "logger": KAFKA_LOGGER,
             }
         )
         began = time.monotonic()

@@ -36,6 +36,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from agents.fatal import fatal
+from agents.logs import KAFKA_LOGGER
 from agents.metrics import Metrics
 from agents.rooms_store import RoomsStore
 from agents.topics import key_partition
@@ -114,6 +115,7 @@ class Router:
             # RSS, 32 MB 19.4k at 247 MB, 64 MB 18.2k at 291 MB.
             "queued.max.messages.kbytes": 32 * 1024,
             "on_commit": self._on_commit,
+            "logger": KAFKA_LOGGER,
         }
         if s.instance_id:
             config["group.instance.id"] = f"{s.instance_id}-router"
@@ -142,6 +144,7 @@ class Router:
                 "acks": "all",
                 "enable.idempotence": True,
                 "linger.ms": 1,
+                "logger": KAFKA_LOGGER,
             }
         )
         consumer = Consumer(self._consumer_config())
