@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from faust.types import TP
 
 from agents.batching import take_available
 from agents.fatal import fatal
+from agents.metrics import Metrics
 from agents.ownership import Ownership
 from agents.pipeline import Pipeline, now_ms
 from agents.positions import RESEEK_S, KafkaPartitionLog, PositionGuard
@@ -42,6 +44,8 @@ from streams.delivery import BodyFormat, Send, run_step
 from streams.errors import BadRecord, InvariantBroken
 from streams.machine import CameUp, Input, MachineConfig, Resume, TxnFailed, WentDown
 from streams.matrix import AppserviceID
+from streams.observed import undelivered
+from streams.outcome import Outcome as HttpOutcome
 from streams.outcome import as_input
 from streams.records import DelayRecord, decode_inbox_record, encode_delay, encode_outcome
 from streams.settlement import MAX_WAIT_MS, Settlement
@@ -79,9 +83,10 @@ Settle = Callable[[Send, Input, "int | None"], None]
 class Senders:
     """At most one HTTP attempt per (appservice, txn id) in this process."""
 
-    def __init__(self, pipeline: Pipeline, settle: Settle) -> None:
+    def __init__(self, pipeline: Pipeline, settle: Settle, metrics: Metrics | None = None) -> None:
         self._pipeline = pipeline
         self._settle = settle
+        self._metrics = metrics
         self._running: dict[tuple[AppserviceID, int], asyncio.Task[None]] = {}
 
     def start(self, send: Send, epoch: int | None) -> None:
@@ -96,6 +101,8 @@ class Senders:
     async def _send(self, send: Send, epoch: int | None) -> None:
         pipeline = self._pipeline
         registration = pipeline.registrations[send.appservice_id]
+        outcome: HttpOutcome | None = None
+        started = time.monotonic()
         try:
             outcome = await pipeline.client.put_transaction(registration, send.txn_id, send.body)
             result = as_input(outcome, send.txn_id, jitter=random.random())
@@ -106,6 +113,8 @@ class Senders:
             # machine backs off and retries instead of waiting forever.
             log.exception("sending txn %s to %s failed inside the worker", send.txn_id, send.appservice_id)
             result = TxnFailed(send.txn_id, f"internal error: {type(exc).__name__}", None, random.random())
+        if self._metrics is not None:
+            self._metrics.transaction_done(send, outcome, time.monotonic() - started)
         if isinstance(result, TxnFailed):
             log.info(
                 "appservice %s txn %s attempt %d failed: %s",
@@ -161,6 +170,7 @@ def install(pipeline: Pipeline) -> Senders:
         seek,
     )
     ownership = Ownership(app)
+    owned = pipeline.metrics.owned  # what the appservice gauges show: one O(1) update per step
     inbox_partitions: dict[AppserviceID, int] = {}
     formats = {
         r.id: BodyFormat(ephemeral_stable=r.receive_ephemeral, ephemeral_unstable=r.push_ephemeral_msc2409)
@@ -190,13 +200,25 @@ def install(pipeline: Pipeline) -> Senders:
             log.warning("inbox holds %d records for %s, which has no registration", len(inputs), appservice_id)
             return
         result = run_step(appservice_id, inputs, store, now_ms=now, config=config, body_format=formats[appservice_id])
+        owned.stepped(appservice_id, inbox_partition(appservice_id), result.state, now)
         effects.sends.extend(result.sends)
         effects.delays.extend((appservice_id, d) for d in result.delays)
         for notice in result.notices:
             if isinstance(notice, WentDown):
-                log.warning("appservice %s is DOWN: txn %s failed (%s)", appservice_id, notice.txn_id, notice.reason)
+                log.warning(
+                    "appservice %s is DOWN: txn %s failed (%s); %d items not delivered",
+                    appservice_id,
+                    notice.txn_id,
+                    notice.reason,
+                    undelivered(result.state),
+                )
             elif isinstance(notice, CameUp):
-                log.warning("appservice %s is UP again after %d ms", appservice_id, notice.down_for_ms)
+                log.warning(
+                    "appservice %s is UP again after %d ms; %d items not delivered",
+                    appservice_id,
+                    notice.down_for_ms,
+                    undelivered(result.state),
+                )
             else:
                 log.debug("appservice %s: %s", appservice_id, notice.reason)
 
@@ -349,7 +371,7 @@ def install(pipeline: Pipeline) -> Senders:
         except Exception as exc:
             fatal(exc, "deliverer settling outcomes")
 
-    senders = Senders(pipeline, settle)
+    senders = Senders(pipeline, settle, pipeline.metrics)
 
     @app.agent(pipeline.inbox, name="deliverer")  # type: ignore[untyped-decorator]
     async def deliver(stream: Any) -> None:

@@ -7,7 +7,7 @@ SASL settings from ``streams.kafka_settings.KafkaSecurity``:
 
 * ``client_config(bootstrap, security, **extra)`` / ``confluent_config(settings, **extra)``:
   a confluent-kafka configuration, with librdkafka's log lines sent through
-  ``agents.kafka_logging``;
+  ``agents.logs``;
 * ``producer_config`` / ``confluent_producer_config``: the same, plus
   ``acks=all`` and idempotence, which ``extra`` cannot turn off: a record is
   only acknowledged once every in-sync replica has it, and a retried send
@@ -23,7 +23,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from agents.kafka_logging import LOGGER as KAFKA_LOG
+from agents.logs import KAFKA_LOGGER as KAFKA_LOG
 from streams.errors import ConfigError
 from streams.kafka_settings import PLAINTEXT, KafkaSecurity
 from streams.settings import Settings

@@ -30,6 +30,8 @@ from agents.background import BackgroundTasks
 from agents.changelog_producer import CHANGELOG_PRODUCER, ChangelogProducer
 from agents.fatal import fatal
 from agents.kafka_config import confluent_producer_config, faust_options, make_producer_idempotent
+from agents.metrics import Metrics
+from agents.metrics_http import Health, MetricsServer
 from agents.positions import AckFilter
 from streams.dead_letter import Reason, dead_letter
 from streams.interest import Interest
@@ -67,7 +69,10 @@ class Pipeline:
     client: AppserviceClient
     acks: AckFilter
     changelog: ChangelogProducer
+    metrics: Metrics
+    health: Health = field(default_factory=Health)
     background: BackgroundTasks = field(default_factory=BackgroundTasks)
+    metrics_server: MetricsServer | None = None  # started by the command, before the worker
 
     async def to_dead_letter(self, event: Any, reason: Reason, detail: str) -> None:
         """Divert a record nobody can read, with where it came from and why."""
@@ -75,6 +80,7 @@ class Pipeline:
         log.warning(
             "dead-lettered %s[%d]@%d (%s): %s", message.topic, message.partition, message.offset, reason, detail
         )
+        self.metrics.dead_lettered(reason)
         letter = dead_letter(message.topic, message.partition, message.offset, event.value, reason, detail)
         await self.dead_letter.send(key=event.key, value=letter.value, headers=letter.headers)
 
@@ -164,12 +170,14 @@ def create_pipeline(
         ),
         acks=AckFilter(app),
         changelog=ChangelogProducer(confluent_producer_config(settings, **CHANGELOG_PRODUCER), fatal),
+        metrics=Metrics(r.id for r in registrations if r.url is not None),
     )
     # Imported here: each module registers its agent on the app it is given.
-    from agents import delayer, deliverer, router
+    from agents import delayer, deliverer, observe, router
     from agents.http_api import HttpApi
 
-    routing = router.install(settings, pipeline.interest, list(pipeline.registrations))
+    routing = router.install(settings, pipeline.interest, list(pipeline.registrations), pipeline.metrics)
+    pipeline.metrics_server = observe.install(pipeline, routing)
     senders = deliverer.install(pipeline)
     delayer.install(pipeline)
     http_api = HttpApi(pipeline, http_listener)

@@ -42,6 +42,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from agents.fatal import fatal
 from agents.kafka_config import confluent_config, confluent_producer_config
+from agents.metrics import Metrics
 from agents.rooms_store import RoomsStore
 from agents.topics import key_partition
 from streams.dead_letter import Reason, dead_letter
@@ -55,16 +56,23 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 POLL_S = 0.1  # how often the loop looks at its stop flag when idle
+STATS_INTERVAL_MS = 5000  # librdkafka statistics (consumer lag) for agents.metrics
 FLUSH_TIMEOUT_S = 30.0
 
 
 class Router:
     def __init__(
-        self, settings: Settings, interest: Interest, appservices: list[AppserviceID], on_fatal: Callable[..., None]
+        self,
+        settings: Settings,
+        interest: Interest,
+        appservices: list[AppserviceID],
+        on_fatal: Callable[..., None],
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._interest = interest
         self._on_fatal = on_fatal
+        self._metrics = metrics
         self._partitions = {a: key_partition(a.encode(), settings.partitions) for a in appservices}
         self.rooms = RoomsStore(settings.state_dir / "rooms", confluent_config(settings), settings.rooms_topic)
         self._stopping = threading.Event()
@@ -85,6 +93,10 @@ class Router:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
         try:
@@ -111,7 +123,22 @@ class Router:
         }
         if s.instance_id:
             config["group.instance.id"] = f"{s.instance_id}-router"
+        if self._metrics is not None:
+            config["statistics.interval.ms"] = STATS_INTERVAL_MS
+            config["stats_cb"] = self._on_stats
         return config
+
+    def _on_stats(self, raw: str) -> None:
+        # Runs inside poll/consume, on the router thread.
+        if self._metrics is not None:
+            self._metrics.router_stats(
+                self._settings.router_group, self._settings.input_topic, raw, self.rooms.partitions
+            )
+
+    def _owned_changed(self) -> None:
+        if self._metrics is not None:
+            s = self._settings
+            self._metrics.set_assignment(s.router_group, s.input_topic, self.rooms.partitions)
 
     def _loop(self) -> None:
         s = self._settings
@@ -122,6 +149,7 @@ class Router:
             numbers = sorted(tp.partition for tp in partitions)
             self.rooms.assign(numbers)
             log.info("router owns input partitions %s (added %s)", self.rooms.partitions, numbers)
+            self._owned_changed()
 
         def on_revoke(consumer: Consumer, partitions: list[TopicPartition]) -> None:
             # Between batches (callbacks run inside poll): every batch is
@@ -230,6 +258,8 @@ class Router:
     ) -> None:
         s = self._settings
         log.warning("dead-lettered %s (%s): %s", self._source(record), reason, detail)
+        if self._metrics is not None:
+            self._metrics.dead_lettered(reason)
         letter = dead_letter(s.input_topic, record.partition, record.offset, record.value, reason, detail)
         acked.produce(producer, s.dead_letter_topic, value=letter.value, headers=letter.headers)
 
@@ -283,6 +313,7 @@ class Router:
         for tp in partitions:
             self._uncommitted.pop(tp.partition, None)
         self.rooms.revoke(tp.partition for tp in partitions)
+        self._owned_changed()
 
 
 # Errors of a produce that a retry will never change: the record itself is
@@ -345,8 +376,8 @@ class _Acknowledgements:
             raise Refused("; ".join(self.refused[:3]))
 
 
-def install(settings: Settings, interest: Interest, appservices: list[AppserviceID]) -> Router:
-    return Router(settings, interest, appservices, fatal)
+def install(settings: Settings, interest: Interest, appservices: list[AppserviceID], metrics: Metrics) -> Router:
+    return Router(settings, interest, appservices, fatal, metrics)
 
 
 __all__ = ["Router", "install"]

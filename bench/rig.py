@@ -95,6 +95,7 @@ class Rig:
             data_dir=self.root / f"data{index}",
             log_path=self.root / f"worker{index}.log",
             retry_unit_ms=retry_unit_ms,
+            bootstrap=self.bootstrap,
             source=self.source,
         )
         self.workers.append(worker)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,12 @@ ROUTER_OWNS = "router owns input partitions"
 _ROUTER_OWNS = re.compile(re.escape(ROUTER_OWNS) + r" \[([0-9, ]*)\]")
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @dataclass
 class BenchWorker:
     """One worker process; ``start`` may be called again after ``kill`` (same app id, same data dir)."""
@@ -28,14 +35,18 @@ class BenchWorker:
     log_path: Path
     partitions: int = 8
     retry_unit_ms: int = 100
+    bootstrap: str = "127.0.0.1:9092"
     source: Path = procs.ROOT  # the tree whose agents/ and streams/ run
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    metrics_port: int = field(default_factory=_free_port)
 
     def env(self) -> dict[str, str]:
         return {
             "MATRIX_SERVER_NAME": "example.org",
+            # The rig's broker (--bootstrap-servers), not the worker's default 127.0.0.1:9092.
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "APPSERVICE_STREAMS_APP_ID": self.app_id,
             "APPSERVICE_STREAMS_INPUT_TOPIC": self.input_topic,
             "APPSERVICE_STREAMS_DATA_DIR": str(self.data_dir),
@@ -47,6 +58,8 @@ class BenchWorker:
             # The worker's HTTP API (appservice ping) binds a fixed port by default;
             # several bench workers (and a retiring one) would collide on it.
             "APPSERVICE_STREAMS_HTTP_PORT": "0",
+            # Metrics stay on (their cost is part of what is measured), each worker on a port of its own.
+            "APPSERVICE_STREAMS_METRICS_PORT": str(self.metrics_port),
             "PYTHONPATH": str(self.source),
             **self.extra_env,
         }

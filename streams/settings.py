@@ -66,6 +66,10 @@ class Settings:
     kafka_security: KafkaSecurity = PLAINTEXT
     replication: Replication = AUTO  # auto until agents.topics asks the cluster
     retention_ms: int | None = None  # inbox and delay topics; None: the broker's default
+    # Prometheus metrics, /livez and /readyz, served from a thread of their
+    # own (0 turns them off).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9109
 
     @property
     def inbox_topic(self) -> str:
@@ -162,6 +166,8 @@ def from_environment(registrations_dir: Path, env: Mapping[str, str] | None = No
         "session_timeout_s": _number(env, "APPSERVICE_STREAMS_SESSION_TIMEOUT_S", 10.0),
         "http_host": env.get("APPSERVICE_STREAMS_HTTP_HOST") or "127.0.0.1",
         "http_port": _port(env, "APPSERVICE_STREAMS_HTTP_PORT", 8009),
+        "metrics_host": env.get("APPSERVICE_STREAMS_METRICS_HOST") or "127.0.0.1",
+        "metrics_port": _port(env, "APPSERVICE_STREAMS_METRICS_PORT", 9109),
         "fetch_max_wait_ms": int(_number(env, "APPSERVICE_STREAMS_FETCH_MAX_WAIT_MS", 10)),
         "legacy_authorization": env.get("APPSERVICE_STREAMS_LEGACY_AUTHORIZATION", "").lower() in ("1", "true", "yes"),
         "appservice_ca_file": _existing_file(env, "APPSERVICE_STREAMS_APPSERVICE_CA_FILE"),

@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
-from agents.kafka_logging import LOGGER as KAFKA_LOG
+from agents.logs import KAFKA_LOGGER as KAFKA_LOG
 from agents.topics import delete_prefixed, ensure_topic
 from streams.local_kafka import LocalKafka
 from tests.chaos.ledger import Ledger, Request, Verdict, verify

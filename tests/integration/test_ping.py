@@ -100,6 +100,7 @@ async def test_a_ping_to_another_worker_retries_the_pending_txn_at_once(
         data_dir=tmp_path / "other-data",
         log_path=tmp_path / "other.log",
         http_port=free_port(),
+        metrics_port=free_port(),
     )
     worker.start()
     other.start()

@@ -51,6 +51,7 @@ async def test_txns_in_flight_when_a_second_worker_joins_complete_and_delivery_g
         data_dir=tmp_path / "other-data",
         log_path=tmp_path / "other.log",
         http_port=free_port(),
+        metrics_port=free_port(),
     )
     worker.start()
     try:

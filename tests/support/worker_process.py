@@ -56,6 +56,7 @@ class WorkerProcess:
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     http_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     instance: str = "worker"
 
     def command(self) -> list[str]:
@@ -73,6 +74,7 @@ class WorkerProcess:
             "APPSERVICE_STREAMS_INPUT_PARTITIONS": "4",
             "APPSERVICE_STREAMS_INSTANCE_ID": f"{self.app_id}-{self.instance}",
             "APPSERVICE_STREAMS_HTTP_PORT": str(self.http_port),
+            "APPSERVICE_STREAMS_METRICS_PORT": str(self.metrics_port),
             **self.extra_env,
         }
 

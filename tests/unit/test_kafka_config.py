@@ -20,7 +20,7 @@ from agents.kafka_config import (
     make_producer_idempotent,
     producer_config,
 )
-from agents.kafka_logging import LOGGER
+from agents.logs import KAFKA_LOGGER as LOGGER
 from agents.topics import cluster_size
 from streams.errors import ConfigError
 from streams.kafka_settings import PLAINTEXT, KafkaSecurity

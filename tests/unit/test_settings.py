@@ -61,3 +61,18 @@ def test_the_highest_port_is_accepted() -> None:
 def test_an_appservice_ca_file_that_does_not_exist_is_a_config_error_naming_the_variable() -> None:
     with pytest.raises(ConfigError, match="APPSERVICE_STREAMS_APPSERVICE_CA_FILE"):
         settings(APPSERVICE_STREAMS_APPSERVICE_CA_FILE="/nonexistent/ca.pem")
+
+
+def test_metrics_listen_on_loopback_port_9109_by_default_and_0_turns_them_off() -> None:
+    s = from_environment(Path("r"), BASE)
+    assert (s.metrics_host, s.metrics_port) == ("127.0.0.1", 9109)
+    s = from_environment(Path("r"), {**BASE, "APPSERVICE_STREAMS_METRICS_PORT": "0"})
+    assert s.metrics_port == 0
+    s = from_environment(Path("r"), {**BASE, "APPSERVICE_STREAMS_METRICS_HOST": "0.0.0.0"})
+    assert s.metrics_host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("raw", ["metrics", "-1", "65536", "9109.5"])
+def test_a_metrics_port_that_is_not_a_port_is_a_config_error_naming_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError, match="APPSERVICE_STREAMS_METRICS_PORT"):
+        settings(APPSERVICE_STREAMS_METRICS_PORT=raw)

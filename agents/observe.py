@@ -1,0 +1,84 @@
+"""Metrics and health wired into the Faust app: rebalance signals, the lag timer, the listener.
+
+* An assignment (Faust's ``on_partitions_assigned``, the full new set: its
+  consumer rebalances eagerly) counts a rebalance, sets the partitions owned
+  per topic and which appservices may export gauges; a revocation drops every
+  appservice's gauges and the Faust group's lag until the next assignment.
+* Every ``LAG_INTERVAL_S`` the Faust group's lag on inbox and delay is taken as
+  highwater (from the consumer's last fetch) minus the offset it committed.
+  The router's lag comes from librdkafka's statistics (``agents.router``).
+* The metrics listener starts before the worker (so a wedged start-up is
+  visible) and stops with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from faust.types import TP
+
+from agents.metrics_http import MetricsServer
+from agents.pipeline import Pipeline
+from agents.router import Router
+from streams.observed import group_lag
+
+log = logging.getLogger(__name__)
+
+LAG_INTERVAL_S = 5.0
+
+
+def install(pipeline: Pipeline, routing: Router) -> MetricsServer:
+    app = pipeline.app
+    settings = pipeline.settings
+    metrics = pipeline.metrics
+    health = pipeline.health
+    faust_topics = (settings.inbox_topic, settings.delay_topic)
+    group = settings.app_id
+
+    health.router_started = routing.started.is_set
+    health.router_alive = lambda: routing.alive
+    health.rebalancing = lambda: bool(app.rebalancing)
+
+    @app.on_partitions_assigned.connect  # type: ignore[untyped-decorator]
+    async def count_assignment(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        metrics.rebalances.inc()
+        for topic in faust_topics:
+            metrics.set_assignment(group, topic, (tp.partition for tp in assigned if tp.topic == topic))
+        metrics.owned.assigned(tp.partition for tp in assigned if tp.topic == settings.inbox_topic)
+        health.assigned = True
+
+    @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
+    async def drop_owned(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        health.assigned = False
+        metrics.owned.revoked()
+        for topic in faust_topics:
+            metrics.set_assignment(group, topic, ())
+
+    @app.timer(interval=LAG_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def measure_lag() -> None:
+        consumer = app.consumer
+        lags: dict[tuple[str, int], int] = {}
+        try:
+            committed = consumer._committed_offset  # Faust's record of what it committed per partition
+            for tp in consumer.assignment():
+                if tp.topic in faust_topics:
+                    lag = group_lag(consumer.highwater(tp), committed.get(TP(tp.topic, tp.partition)))
+                    if lag is not None:
+                        lags[(tp.topic, tp.partition)] = lag
+        except Exception:
+            log.exception("could not measure the consumer group's lag")
+            return
+        metrics.set_lag(group, lags)
+
+    server = MetricsServer(settings.metrics_host, settings.metrics_port, metrics, health)
+
+    @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
+    async def stop_metrics(sender: Any, **kwargs: Any) -> None:
+        await asyncio.to_thread(server.stop)
+
+    return server
+
+
+__all__ = ["LAG_INTERVAL_S", "install"]

@@ -1,0 +1,68 @@
+"""Client library logs: repeats collapsed, the worker's own lines untouched."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from agents.logs import KAFKA_LOGGER, Repeats, collapse_library_repeats
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(text: str, *args: object, name: str = "aiokafka.conn", level: int = logging.ERROR) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, text, args, None)
+
+
+def test_a_message_repeated_with_other_numbers_passes_once_per_window_then_counts_what_was_held() -> None:
+    clock = Clock()
+    repeats = Repeats(window_s=60, clock=clock)
+    assert repeats.filter(record("Unable connect to node with id %d: port %d", 1, 9292))
+    for second in range(1, 30):
+        clock.now = second
+        assert not repeats.filter(record("Unable connect to node with id %d: port %d", 1, 9292 + second))
+    clock.now = 61
+    later = record("Unable connect to node with id %d: port %d", 1, 9292)
+    assert repeats.filter(later)
+    assert later.getMessage() == "Unable connect to node with id 1: port 9292 (29 more like it in the last 60 s)"
+    clock.now = 200
+    quiet = record("Unable connect to node with id %d: port %d", 1, 9292)
+    assert repeats.filter(quiet)
+    assert quiet.getMessage() == "Unable connect to node with id 1: port 9292"  # nothing held back since
+
+
+def test_different_texts_levels_and_loggers_are_not_repeats() -> None:
+    repeats = Repeats(clock=Clock())
+    assert repeats.filter(record("Unable to update metadata"))
+    assert repeats.filter(record("Failed fetch messages"))
+    assert repeats.filter(record("Unable to update metadata", level=logging.WARNING))
+    assert repeats.filter(record("Unable to update metadata", name="aiokafka.cluster"))
+    assert not repeats.filter(record("Unable to update metadata"))
+
+
+@pytest.fixture
+def fresh_filters() -> Iterator[list[logging.Logger]]:
+    import aiokafka.conn  # noqa: F401 - its logger exists
+
+    loggers = [logging.getLogger("aiokafka.conn"), KAFKA_LOGGER, logging.getLogger("agents.deliverer")]
+    saved = [list(logger.filters) for logger in loggers]
+    yield loggers
+    for logger, filters in zip(loggers, saved, strict=True):
+        logger.filters = filters
+
+
+def test_only_the_kafka_clients_loggers_get_the_filter(fresh_filters: list[logging.Logger]) -> None:
+    conn, kafka, deliverer = fresh_filters
+    repeats = collapse_library_repeats()
+    assert repeats in conn.filters and repeats in kafka.filters
+    assert repeats not in deliverer.filters  # "appservice … is DOWN" is never held back
+    collapse_library_repeats(repeats)
+    assert conn.filters.count(repeats) == 1
