@@ -33,7 +33,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert "Traceback" not in result.stderr, result.stderr
     assert not any(line.startswith("%") for line in result.stderr.splitlines()), "raw librdkafka output"
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    client_lines = [line for line in lines if "appservice_streams.librdkafka" in line]
+    client_lines = [line for line in lines if " librdkafka: " in line]
     assert len(client_lines) <= 2, result.stderr
     assert len(lines) - len(client_lines) == 1, result.stderr
     return lines[-1]
