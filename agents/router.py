@@ -103,6 +103,12 @@ class Router:
             self._loop()
         except Exception as exc:
             self._on_fatal(exc, "router")
+        finally:
+            # Whatever ended the loop unasked (confluent-kafka's C code can even raise a
+            # KafkaError, which is no Exception: seen from consumer.close()), the worker must
+            # not run on without its router, delivering nothing.
+            if not self._stopping.is_set():
+                self._on_fatal(RuntimeError("the router thread ended unexpectedly"), "router")
 
     def _consumer_config(self) -> dict[str, Any]:
         s = self._settings
@@ -183,6 +189,7 @@ class Router:
         s = self._settings
         records: list[InputRecord] = []
         last: dict[int, int] = {}
+        owned = set(self.rooms.partitions)
         for message in messages:
             error = message.error()
             if error is not None:
@@ -195,6 +202,11 @@ class Router:
                 continue
             partition, offset = message.partition(), message.offset()
             assert partition is not None and offset is not None  # set on every record without error
+            if partition not in owned:
+                # Revoked after poll returned it (the revocation ran inside consume): its new
+                # owner reads it again from the committed offset. Routing it here raised
+                # InvariantBroken (no room store for the partition) during a rebalance.
+                continue
             records.append(InputRecord(partition, offset, message.value()))
             last[partition] = offset
         if not records:

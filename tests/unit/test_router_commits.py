@@ -61,3 +61,39 @@ def test_a_fatal_consumer_error_ends_the_router_instead_of_being_skipped(tmp_pat
     message: Any = FatalMessage()
     with pytest.raises(KafkaException, match="fenced"):
         r._process([message], Consumer(assigned=[0]), None)  # type: ignore[arg-type]
+
+
+class Record:
+    def __init__(self, partition: int, offset: int) -> None:
+        self._partition, self._offset = partition, offset
+
+    def error(self) -> None:
+        return None
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return b"{}"
+
+
+def test_records_of_a_partition_revoked_after_they_were_polled_are_left_to_its_new_owner(tmp_path: Path) -> None:
+    r = router(tmp_path)  # owns no input partition (all revoked)
+    records: Any = [Record(2, 40), Record(2, 41)]
+    r._process(records, Consumer(assigned=[]), None)  # type: ignore[arg-type]
+    assert r._uncommitted == {}
+
+
+def test_a_router_thread_that_ends_unasked_ends_the_worker(tmp_path: Path) -> None:
+    settings = Settings(server_name="example.org", registrations_dir=tmp_path, data_dir=tmp_path)
+    failures: list[str] = []
+    r = Router(settings, Interest([], settings.server_name), [], lambda exc, where: failures.append(where))
+    r._loop = lambda: None  # type: ignore[method-assign]
+    r._run()
+    assert failures == ["router"]
+    r._stopping.set()
+    r._run()
+    assert failures == ["router"], "a stop that was asked for is no failure"
