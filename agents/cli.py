@@ -62,6 +62,7 @@ def _worker(args: argparse.Namespace) -> int:
             app_id=args.app_id,
             bootstrap_servers=args.bootstrap_servers,
             data_dir=Path(args.data_dir) if args.data_dir else None,
+            start_from="earliest" if args.from_beginning else None,
         )
         registrations = load_registrations(settings.registrations_dir)
         from agents.appservice_http import appservice_tls
@@ -203,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--app-id", help="consumer group and topic prefix (default appservice-streams)")
     worker.add_argument("--bootstrap-servers", help="Kafka (default KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)")
     worker.add_argument("--data-dir", help="RocksDB state folder (default .data)")
+    worker.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="a new app id reads the input topic's whole history (default APPSERVICE_STREAMS_START_FROM or latest)",
+    )
     worker.add_argument(
         "--log-level", default="info", type=str.lower, choices=["debug", "info", "warning", "error", "critical"]
     )

@@ -99,7 +99,7 @@ class Router:
             "logger": KAFKA_LOG,
             "group.id": s.router_group,
             "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
+            "auto.offset.reset": s.start_from,
             "partition.assignment.strategy": "cooperative-sticky",
             "fetch.wait.max.ms": s.fetch_max_wait_ms,
             "session.timeout.ms": int(s.session_timeout_s * 1000),
@@ -128,6 +128,7 @@ class Router:
         consumer = Consumer(self._consumer_config())
 
         def on_assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            self._pin_start(consumer, partitions)
             numbers = sorted(tp.partition for tp in partitions)
             self.rooms.assign(numbers)
             log.info("router owns input partitions %s (added %s)", self.rooms.partitions, numbers)
@@ -279,6 +280,22 @@ class Router:
                     consumer.commit(offsets=offsets, asynchronous=False)
             except KafkaException as exc:
                 log.info("router commit failed (%s); committing again when idle, if still assigned", exc)
+
+    def _pin_start(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Commit the end of each assigned partition the group never committed, under ``start_from: latest``.
+
+        Without it, a worker that routed nothing before a crash would start
+        again from the new end, and skip what was produced in between.
+        """
+        if self._settings.start_from != "latest" or not partitions:
+            return
+        fresh = [tp for tp in consumer.committed(partitions, timeout=FLUSH_TIMEOUT_S) if tp.offset < 0]
+        for tp in fresh:
+            _, high = consumer.get_watermark_offsets(tp, timeout=FLUSH_TIMEOUT_S)
+            tp.offset = high
+            log.info("input partition %d: no committed offset, starting from its end (%d)", tp.partition, high)
+        if fresh:
+            consumer.commit(offsets=fresh, asynchronous=False)
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         """Partitions revoked or lost: their rooms closed, their offsets no longer ours to commit.

@@ -47,6 +47,7 @@ class BenchWorker:
             # The worker's HTTP API (appservice ping) binds a fixed port by default;
             # several bench workers (and a retiring one) would collide on it.
             "APPSERVICE_STREAMS_HTTP_PORT": "0",
+            "APPSERVICE_STREAMS_START_FROM": "earliest",  # loads may be produced before the worker starts
             "PYTHONPATH": str(self.source),
             **self.extra_env,
         }

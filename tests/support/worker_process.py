@@ -73,6 +73,8 @@ class WorkerProcess:
             "APPSERVICE_STREAMS_INPUT_PARTITIONS": "4",
             "APPSERVICE_STREAMS_INSTANCE_ID": f"{self.app_id}-{self.instance}",
             "APPSERVICE_STREAMS_HTTP_PORT": str(self.http_port),
+            # Tests produce around the worker's start; a new app id reads its topic from the start.
+            "APPSERVICE_STREAMS_START_FROM": "earliest",
             **self.extra_env,
         }
 

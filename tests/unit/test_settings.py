@@ -61,3 +61,14 @@ def test_the_highest_port_is_accepted() -> None:
 def test_an_appservice_ca_file_that_does_not_exist_is_a_config_error_naming_the_variable() -> None:
     with pytest.raises(ConfigError, match="APPSERVICE_STREAMS_APPSERVICE_CA_FILE"):
         settings(APPSERVICE_STREAMS_APPSERVICE_CA_FILE="/nonexistent/ca.pem")
+
+
+def test_a_new_app_id_starts_from_the_end_of_the_input_unless_told_otherwise() -> None:
+    assert from_environment(Path("r"), BASE).start_from == "latest"
+    assert from_environment(Path("r"), {**BASE, "APPSERVICE_STREAMS_START_FROM": "earliest"}).start_from == "earliest"
+    assert from_environment(Path("r"), BASE, start_from="earliest").start_from == "earliest"  # --from-beginning
+
+
+def test_an_unknown_start_position_is_a_config_error_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="APPSERVICE_STREAMS_START_FROM='beginning'"):
+        settings(APPSERVICE_STREAMS_START_FROM="beginning")
