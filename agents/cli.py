@@ -3,6 +3,7 @@
 appservice-streams kafka start|stop|status|reset   local KRaft broker (127.0.0.1)
 appservice-streams worker --registrations DIR      run a worker
 appservice-streams produce [FILE]                  JSON lines → matrix.events
+appservice-streams ingest --registration FILE      a homeserver's appservice transactions → matrix.events
 appservice-streams demo                            everything, end to end
 """
 
@@ -148,6 +149,66 @@ def _produce(args: argparse.Namespace) -> int:
     return 1 if refused else 0
 
 
+def _listen_address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--listen {value!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    import asyncio
+    import re
+    import secrets
+
+    import yaml
+
+    from streams.ingest import firehose_registration
+    from streams.registration import load_registration
+
+    if args.print_registration:
+        if not args.url:
+            print(
+                "appservice-streams ingest: --print-registration needs --url (where the homeserver reaches the ingest)",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            re.compile(args.claim_users or "")
+        except re.error as exc:
+            print(
+                f"appservice-streams ingest: --claim-users {args.claim_users!r} is not a regex: {exc}", file=sys.stderr
+            )
+            return 2
+        doc = firehose_registration(
+            args.id, args.url, secrets.token_urlsafe(32), secrets.token_urlsafe(32), args.claim_users
+        )
+        print(yaml.safe_dump(doc, sort_keys=False), end="")
+        return 0
+    from agents.ingest import IngestConfig, ensure_ingest_topics, serve
+
+    try:
+        if not args.registration:
+            raise ConfigError("--registration FILE is required (write one with --print-registration)")
+        host, port = _listen_address(args.listen)
+        registration = load_registration(Path(args.registration))
+        config = IngestConfig(
+            registration=registration,
+            bootstrap_servers=args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092",
+            topic=args.topic,
+            input_partitions=int(os.environ.get("APPSERVICE_STREAMS_INPUT_PARTITIONS") or 8),
+            host=host,
+            port=port,
+            max_body_bytes=args.max_body_bytes,
+        )
+        ensure_ingest_topics(config)
+    except (ConfigError, ValueError) as exc:
+        print(f"appservice-streams ingest: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(config))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from agents.demo import run_demo
 
@@ -222,6 +283,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=30.0, help="seconds to wait for Kafka to take each record (default 30)"
     )
     produce.set_defaults(run=_produce)
+
+    ingest = sub.add_parser("ingest", help="receive a homeserver's appservice transactions into the input topic")
+    ingest.add_argument("--registration", help="the firehose registration the homeserver loads (YAML)")
+    ingest.add_argument("--listen", default="127.0.0.1:8010", help="HOST:PORT to serve on (default 127.0.0.1:8010)")
+    ingest.add_argument("--bootstrap-servers", help="Kafka (default KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)")
+    ingest.add_argument("--topic", default="matrix.events", help="the input topic (default matrix.events)")
+    ingest.add_argument("--max-body-bytes", type=int, default=16 << 20, help="larger bodies get 413 (default 16 MiB)")
+    ingest.add_argument("--print-registration", action="store_true", help="print a new firehose registration and exit")
+    ingest.add_argument("--url", help="with --print-registration: the URL the homeserver reaches the ingest at")
+    ingest.add_argument("--id", default="appservice-streams-ingest", help="with --print-registration: its id")
+    ingest.add_argument(
+        "--claim-users",
+        metavar="REGEX",
+        help="with --print-registration: a users namespace (lets the as_token act as every matching local user)",
+    )
+    ingest.set_defaults(run=_ingest)
 
     sub.add_parser("bench", help="the benchmark: appservice-streams bench --help")
 

@@ -205,6 +205,37 @@ def records_of(body: dict[str, Any]) -> Ingested:
     return Ingested(records, skipped)
 
 
+# ---------------------------------------------------------------------------- registration
+
+
+def firehose_registration(
+    appservice_id: str, url: str, as_token: str, hs_token: str, claim_users: str | None = None
+) -> dict[str, Any]:
+    """The homeserver-side registration of the ingest (Synapse's YAML format, as a mapping).
+
+    Every room (``!.*``, not exclusive), typing and receipts of every room,
+    MSC2409/MSC3202 data. No users namespace unless ``claim_users`` is given:
+    a users regex lets the ``as_token`` act as every local user it matches.
+    Tokens are inputs (the CLI draws them with ``secrets``).
+    """
+    return {
+        "id": appservice_id,
+        "url": url,
+        "as_token": as_token,
+        "hs_token": hs_token,
+        "sender_localpart": appservice_id,
+        "rate_limited": False,
+        "namespaces": {
+            "users": [] if claim_users is None else [{"regex": claim_users, "exclusive": False}],
+            "aliases": [],
+            "rooms": [{"regex": "!.*", "exclusive": False}],
+        },
+        "receive_ephemeral": True,
+        "de.sorunome.msc2409.push_ephemeral": True,
+        "org.matrix.msc3202": True,
+    }
+
+
 # ---------------------------------------------------------------------------- positions
 
 
