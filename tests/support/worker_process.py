@@ -57,9 +57,10 @@ class WorkerProcess:
     starts: int = 0
     http_port: int = field(default_factory=free_port)
     instance: str = "worker"
+    args: list[str] = field(default_factory=list)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "agents.cli", "worker", "--registrations", str(self.registrations)]
+        return [sys.executable, "-m", "agents.cli", "worker", "--registrations", str(self.registrations), *self.args]
 
     def env(self) -> dict[str, str]:
         return {
