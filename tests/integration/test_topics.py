@@ -22,7 +22,11 @@ def delete_the_topics_made(kafka: LocalKafka, run_id: str) -> Iterator[None]:
 def test_every_topic_a_worker_reads_is_created_before_it_starts(kafka: LocalKafka, run_id: str) -> None:
     settings = from_environment(
         Path("registrations"),
-        {"MATRIX_SERVER_NAME": "example.org", "APPSERVICE_STREAMS_APP_ID": f"topics-{run_id}"},
+        {
+            "MATRIX_SERVER_NAME": "example.org",
+            "APPSERVICE_STREAMS_APP_ID": f"topics-{run_id}",
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,  # the test's broker, not the default port's
+        },
         input_topic=f"topics-{run_id}.events",
         partitions=3,
         input_partitions=5,
@@ -49,7 +53,11 @@ def test_every_topic_a_worker_reads_is_created_before_it_starts(kafka: LocalKafk
 def test_the_room_changelog_gets_as_many_partitions_as_an_existing_input(kafka: LocalKafka, run_id: str) -> None:
     settings = from_environment(
         Path("registrations"),
-        {"MATRIX_SERVER_NAME": "example.org", "APPSERVICE_STREAMS_APP_ID": f"rooms-{run_id}"},
+        {
+            "MATRIX_SERVER_NAME": "example.org",
+            "APPSERVICE_STREAMS_APP_ID": f"rooms-{run_id}",
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,  # the test's broker, not the default port's
+        },
         input_topic=f"rooms-{run_id}.events",
         input_partitions=6,
     )
