@@ -205,7 +205,13 @@ def _ingest(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"appservice-streams ingest: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(config))
+    from confluent_kafka import KafkaException
+
+    try:
+        asyncio.run(serve(config))
+    except KafkaException as exc:
+        print(f"appservice-streams ingest: Kafka at {config.bootstrap_servers}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

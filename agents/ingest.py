@@ -32,7 +32,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -79,6 +79,12 @@ class IngestConfig:
     @property
     def positions_topic(self) -> str:
         return self.topic + POSITIONS_SUFFIX
+
+
+class Sink(Protocol):
+    last: Position | None
+
+    def write(self, txn_id: str, raw_body: bytes, records: list[Record]) -> Retry | Produce: ...
 
 
 class KafkaSink:
@@ -212,11 +218,12 @@ OK = b"{}"
 class Ingest:
     """The HTTP side: authentication, bounds, one transaction at a time."""
 
-    def __init__(self, config: IngestConfig, sink: KafkaSink) -> None:
+    def __init__(self, config: IngestConfig, sink: Sink) -> None:
         self._config = config
         self._sink = sink
         self._token = config.registration.hs_token.encode()
         self._lock = asyncio.Lock()  # FIFO: transactions are produced in arrival order
+        self._writes: set[asyncio.Task[tuple[Position | None, Retry | Produce]]] = set()
 
     def _refused(self, request: web.Request) -> web.Response | None:
         header = request.headers.get("Authorization")
@@ -258,14 +265,15 @@ class Ingest:
             return _error(400, "M_BAD_JSON", str(exc))
         for reason in ingested.skipped:
             log.warning("transaction %s: skipped %s", txn_id, reason)
-        async with self._lock:
-            last = self._sink.last
-            try:
-                # Shielded: a homeserver that hangs up must not cut a Kafka transaction in half.
-                decision = await asyncio.shield(asyncio.to_thread(self._sink.write, txn_id, raw, ingested.records))
-            except (KafkaException, BufferError) as exc:
-                log.error("transaction %s not produced, answering 500 so it is retried: %s", txn_id, exc)
-                return _error(500, "M_UNKNOWN", "Not stored; retry")
+        # The write is a task of its own, holding the lock until Kafka answered: a homeserver that
+        # hangs up (or a shutdown) cancels this handler, never a Kafka transaction halfway.
+        task = asyncio.get_running_loop().create_task(self._write_in_order(txn_id, raw, ingested.records))
+        self._writes.add(task)
+        task.add_done_callback(self._settled)
+        try:
+            last, decision = await asyncio.shield(task)
+        except (KafkaException, BufferError):
+            return _error(500, "M_UNKNOWN", "Not stored; retry")  # logged by the write
         if isinstance(decision, Retry):
             log.info("transaction %s: a retry of the last one produced; nothing produced again", txn_id)
         elif decision.went_back:
@@ -276,6 +284,26 @@ class Ingest:
                 last.txn_id if last else None,
             )
         return web.Response(body=OK, content_type="application/json")
+
+    async def _write_in_order(
+        self, txn_id: str, raw: bytes, records: list[Record]
+    ) -> tuple[Position | None, Retry | Produce]:
+        async with self._lock:
+            last = self._sink.last
+            try:
+                return last, await asyncio.to_thread(self._sink.write, txn_id, raw, records)
+            except (KafkaException, BufferError) as exc:
+                log.error("transaction %s not produced, answering 500 so it is retried: %s", txn_id, exc)
+                raise
+
+    def _settled(self, task: asyncio.Task[Any]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved (and logged by the write) even when its handler is gone
+
+    async def drain(self) -> None:
+        """Wait for the writes under way (their handlers may be gone)."""
+        await asyncio.gather(*self._writes, return_exceptions=True)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self._config.max_body_bytes)
@@ -330,5 +358,6 @@ async def serve(config: IngestConfig) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()  # in-flight requests finish first
+        await ingest.drain()
         await asyncio.to_thread(sink.close)
         log.info("ingest stopped")
