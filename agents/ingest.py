@@ -38,6 +38,7 @@ import orjson
 from aiohttp import web
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from agents.kafka_logging import LOGGER as KAFKA_LOG
 from agents.topics import ensure_topics
 from streams.errors import BadTransaction, NotJSON
 from streams.ingest import (
@@ -106,6 +107,7 @@ class KafkaSink:
             producer = Producer(
                 {
                     "bootstrap.servers": c.bootstrap_servers,
+                    "logger": KAFKA_LOG,
                     "transactional.id": f"appservice-streams-ingest.{c.topic}.{c.ingest_id}",
                     "acks": "all",
                     "enable.idempotence": True,
@@ -126,6 +128,7 @@ class KafkaSink:
         consumer = Consumer(
             {
                 "bootstrap.servers": c.bootstrap_servers,
+                "logger": KAFKA_LOG,
                 "group.id": f"appservice-streams-ingest.{c.ingest_id}",  # never joined nor committed: assign() only
                 "isolation.level": "read_committed",
                 "enable.auto.commit": False,
