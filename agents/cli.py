@@ -156,6 +156,13 @@ def _listen_address(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _input_partitions() -> int:
+    raw = os.environ.get("APPSERVICE_STREAMS_INPUT_PARTITIONS") or "8"
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"environment variable APPSERVICE_STREAMS_INPUT_PARTITIONS={raw!r} is not a positive number")
+    return int(raw)
+
+
 def _ingest(args: argparse.Namespace) -> int:
     import asyncio
     import re
@@ -185,7 +192,7 @@ def _ingest(args: argparse.Namespace) -> int:
         )
         print(yaml.safe_dump(doc, sort_keys=False), end="")
         return 0
-    from agents.ingest import IngestConfig, ensure_ingest_topics, serve
+    from agents.ingest import IngestConfig, ensure_ingest_topics, listen, serve
 
     try:
         if not args.registration:
@@ -196,19 +203,20 @@ def _ingest(args: argparse.Namespace) -> int:
             registration=registration,
             bootstrap_servers=args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092",
             topic=args.topic,
-            input_partitions=int(os.environ.get("APPSERVICE_STREAMS_INPUT_PARTITIONS") or 8),
+            input_partitions=_input_partitions(),
             host=host,
             port=port,
             max_body_bytes=args.max_body_bytes,
         )
+        listener = listen(host, port)  # everything local is checked before Kafka is touched
         ensure_ingest_topics(config)
-    except (ConfigError, ValueError) as exc:
+    except ConfigError as exc:
         print(f"appservice-streams ingest: {exc}", file=sys.stderr)
         return 2
     from confluent_kafka import KafkaException
 
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, listener))
     except KafkaException as exc:
         print(f"appservice-streams ingest: Kafka at {config.bootstrap_servers}: {exc}", file=sys.stderr)
         return 1

@@ -30,6 +30,7 @@ import asyncio
 import hmac
 import logging
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -40,7 +41,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from agents.kafka_logging import LOGGER as KAFKA_LOG
 from agents.topics import ensure_topics
-from streams.errors import BadTransaction, NotJSON
+from streams.errors import BadTransaction, ConfigError, NotJSON
 from streams.ingest import (
     Position,
     Produce,
@@ -331,8 +332,24 @@ def ensure_ingest_topics(config: IngestConfig) -> None:
     )
 
 
-async def serve(config: IngestConfig) -> None:
-    """Run the ingest until SIGTERM or SIGINT.
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before Kafka is touched: a port in use is an error at start-up.
+
+    Raises: ConfigError naming the address.
+    """
+    try:
+        listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(128)
+        listener.setblocking(False)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port} (--listen): {exc.strerror or exc}") from exc
+    return listener
+
+
+async def serve(config: IngestConfig, listener: socket.socket) -> None:
+    """Run the ingest on ``listener`` until SIGTERM or SIGINT.
 
     Raises:
         KafkaException: the transactional producer could not be started or the
@@ -343,7 +360,7 @@ async def serve(config: IngestConfig) -> None:
     ingest = Ingest(config, sink)
     runner = web.AppRunner(ingest.app(), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, config.host, config.port).start()
+    await web.SockSite(runner, listener).start()
     last = sink.last.txn_id if sink.last else "none"
     log.info(
         "ingest ready on http://%s:%d: appservice %s → %s (last transaction %s)",

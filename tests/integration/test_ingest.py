@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from streams.ingest import firehose_registration
 from streams.local_kafka import LocalKafka
 from tests.integration.events import message
 from tests.support.ingest_process import IngestProcess, committed_records
+from tests.support.worker_process import free_port
 
 HS_TOKEN = "hs-firehose-secret"
 
@@ -153,3 +157,24 @@ async def test_a_transaction_kafka_refuses_halfway_is_aborted_whole_answered_500
         "$event1:example.org",
         "$event3:example.org",
     ]
+
+
+def test_a_listen_address_in_use_fails_at_start_up_before_kafka_is_touched(tmp_path: Path) -> None:
+    registration = tmp_path / "firehose.yaml"
+    registration.write_text(yaml.safe_dump(firehose_registration("firehose", "http://127.0.0.1:1", "as", HS_TOKEN)))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = ["ingest", "--registration", str(registration), "--listen", f"127.0.0.1:{port}"]
+        result = subprocess.run(
+            [sys.executable, "-m", "agents.cli", *command, "--bootstrap-servers", f"127.0.0.1:{free_port()}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).parents[2],
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"appservice-streams ingest: cannot listen on 127.0.0.1:{port} (--listen): Address already in use"
+    )
