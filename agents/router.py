@@ -71,6 +71,8 @@ class Router:
         self._thread: threading.Thread | None = None
         # input partition → offset committed asynchronously, not yet confirmed
         self._uncommitted: dict[int, int] = {}
+        # input partition → the offset after the last record routed (or marker passed)
+        self._routed_to: dict[int, int] = {}
         self._committed_at = 0.0  # time.monotonic() of the last commit
         self.started = threading.Event()
 
@@ -150,6 +152,7 @@ class Router:
             while not self._stopping.is_set():
                 first = consumer.poll(POLL_S)
                 if first is None:
+                    self._past_markers(consumer)
                     self._commit(consumer)
                     continue
                 messages = [first, *consumer.consume(s.batch_max - 1, timeout=0)]
@@ -195,7 +198,7 @@ class Router:
                 except Refused as refused:
                     self._dead_letter(record, Reason.REFUSED, str(refused), producer)
         for partition, offset in last.items():
-            self._uncommitted[partition] = offset + 1
+            self._uncommitted[partition] = self._routed_to[partition] = offset + 1
         now = time.monotonic()
         if now - self._committed_at >= s.commit_interval_s:
             self._commit(consumer)
@@ -297,6 +300,19 @@ class Router:
         if fresh:
             consumer.commit(offsets=fresh, asynchronous=False)
 
+    def _past_markers(self, consumer: Consumer) -> None:
+        """When idle, take the consumer's position past what it skipped since the last record routed.
+
+        A transactional producer (``appservice-streams ingest``) ends each
+        transaction with a commit marker, an offset no consumer returns:
+        committing the last record's offset + 1 would leave the group's lag
+        at 1 per partition forever. Idle, nothing is returned but unread, so
+        the position is safe to commit.
+        """
+        for tp in consumer.position(consumer.assignment()):
+            if tp.offset > self._routed_to.get(tp.partition, tp.offset):
+                self._uncommitted[tp.partition] = self._routed_to[tp.partition] = tp.offset
+
     def _forget(self, partitions: list[TopicPartition]) -> None:
         """Partitions revoked or lost: their rooms closed, their offsets no longer ours to commit.
 
@@ -305,6 +321,7 @@ class Router:
         """
         for tp in partitions:
             self._uncommitted.pop(tp.partition, None)
+            self._routed_to.pop(tp.partition, None)
         self.rooms.revoke(tp.partition for tp in partitions)
 
 

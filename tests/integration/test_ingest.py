@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import aiohttp
 import orjson
 import pytest
 import yaml
+from confluent_kafka import Consumer, TopicPartition
 
 from agents.topics import delete_prefixed, key_partition
 from streams import envelope
@@ -20,7 +22,8 @@ from streams.ingest import firehose_registration
 from streams.local_kafka import LocalKafka
 from tests.integration.events import message
 from tests.support.ingest_process import IngestProcess, committed_records
-from tests.support.worker_process import free_port
+from tests.support.recording_appservice import RecordingAppservice
+from tests.support.worker_process import WorkerProcess, free_port, write_registration
 
 HS_TOKEN = "hs-firehose-secret"
 
@@ -178,3 +181,41 @@ def test_a_listen_address_in_use_fails_at_start_up_before_kafka_is_touched(tmp_p
     assert result.stderr.strip() == (
         f"appservice-streams ingest: cannot listen on 127.0.0.1:{port} (--listen): Address already in use"
     )
+
+
+async def test_the_routers_group_shows_no_lag_after_transactional_records(
+    kafka: LocalKafka,
+    tmp_path: Path,
+    registrations: Path,
+    worker: WorkerProcess,
+    appservice_factory: Callable[[], RecordingAppservice],
+    http: aiohttp.ClientSession,
+) -> None:
+    """Each Kafka transaction ends with a commit marker no consumer returns: the router commits past it when idle."""
+    bridge = appservice_factory()
+    write_registration(registrations, "bridge", await bridge.start())
+    firehose = tmp_path / "firehose.yaml"
+    firehose.write_text(yaml.safe_dump(firehose_registration("firehose", "http://127.0.0.1:1", "as", HS_TOKEN)))
+    ingest = IngestProcess(firehose, worker.input_topic, tmp_path / "ingest2.log")
+    worker.start()
+    ingest.start()
+    try:
+        for n in range(3):
+            assert await put(http, ingest, str(n), {"events": [message(n)]}) == (200, {})
+        await bridge.wait_for_requests(1)
+        partition = key_partition(b"!room:example.org", 4)
+        consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"{worker.app_id}-router"})
+        try:
+            _, end = consumer.get_watermark_offsets(TopicPartition(worker.input_topic, partition), timeout=10)
+            assert end == 6  # 3 records, 3 commit markers
+            committed = -1
+            for _ in range(50):
+                committed = consumer.committed([TopicPartition(worker.input_topic, partition)], timeout=10)[0].offset
+                if committed == end:
+                    break
+                await asyncio.sleep(0.1)
+            assert committed == end
+        finally:
+            consumer.close()
+    finally:
+        ingest.stop()
