@@ -96,6 +96,8 @@ class Rig:
             log_path=self.root / f"worker{index}.log",
             retry_unit_ms=retry_unit_ms,
             source=self.source,
+            # The rig's broker, not whatever KAFKA_BOOTSTRAP_SERVERS (or 127.0.0.1:9092) the bench inherited.
+            extra_env={"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap},
         )
         self.workers.append(worker)
         return worker
