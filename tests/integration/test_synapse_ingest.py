@@ -33,10 +33,7 @@ import yaml
 from mautrix.appservice import AppService
 
 from agents.topics import delete_prefixed
-from streams.local_kafka import LocalKafka
-from tests.support.ingest_process import IngestProcess
-from tests.support.recording_appservice import RecordingAppservice
-from tests.support.synapse import (
+from bench.synapse import (
     SERVER_NAME,
     SYNAPSE_PYTHON,
     Client,
@@ -44,6 +41,9 @@ from tests.support.synapse import (
     register_appservice_user,
     register_user,
 )
+from streams.local_kafka import LocalKafka
+from tests.support.ingest_process import IngestProcess
+from tests.support.recording_appservice import RecordingAppservice
 from tests.support.worker_process import WorkerProcess, free_port
 
 ROOT = Path(__file__).parents[2]

@@ -1,4 +1,7 @@
-"""A real Synapse (matrix-synapse from PyPI, its own venv ``.venv-synapse``) on 127.0.0.1, SQLite, for tests.
+"""A real Synapse (matrix-synapse from PyPI, its own venv ``.venv-synapse``) on 127.0.0.1, SQLite.
+
+Used by the end-to-end tests (``tests/integration/test_synapse_ingest.py``) and
+the benchmark's ``synapse`` scenario.
 
 ``make synapse`` installs it (``make test`` depends on it): Synapse's
 dependencies conflict with this project's, so it never enters ``.venv``.
@@ -15,6 +18,7 @@ import hmac
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -26,11 +30,17 @@ from urllib.parse import quote
 import aiohttp
 import yaml
 
-from tests.support.worker_process import free_port
-
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[1]
 SYNAPSE_PYTHON = ROOT / ".venv-synapse" / "bin" / "python"
 SERVER_NAME = "localhost"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 GENEROUS = {"per_second": 1000, "burst_count": 1000}
 
 
@@ -38,6 +48,7 @@ GENEROUS = {"per_second": 1000, "burst_count": 1000}
 class Synapse:
     home: Path
     appservice_files: list[Path]
+    server_name: str = SERVER_NAME
     port: int = field(default_factory=free_port)
     shared_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     process: subprocess.Popen[bytes] | None = None
@@ -55,7 +66,7 @@ class Synapse:
         self.home.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [
-                *(str(SYNAPSE_PYTHON), "-m", "synapse.app.homeserver", "--server-name", SERVER_NAME),
+                *(str(SYNAPSE_PYTHON), "-m", "synapse.app.homeserver", "--server-name", self.server_name),
                 *("--config-path", str(self.config_path), "--data-directory", str(self.home)),
                 *("--generate-config", "--report-stats=no"),
             ],
