@@ -164,7 +164,7 @@ class Running:
                 await asyncio.wait_for(self.arrived.wait(), 0.2)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # the ingest, worker and appservices go with this module; Synapse with the session
 async def running(deployment: Deployment, kafka: LocalKafka) -> AsyncIterator[Running]:
     run = os.urandom(4).hex()
     topic = f"matrix.events.e2e-{run}"
@@ -222,7 +222,7 @@ class Room:
     bob: Client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def room(running: Running) -> AsyncIterator[Room]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         synapse = running.deployment.synapse
