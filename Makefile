@@ -6,8 +6,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 NODE_PEER := tests/peers/node/node_modules/.package-lock.json
+# Synapse for the end-to-end tests, in its own venv: its dependencies conflict with ours.
+SYNAPSE_VERSION := 1.163.2
+SYNAPSE_STAMP := .venv-synapse/.installed-$(SYNAPSE_VERSION)
 
-.PHONY: setup demo test lint unit integration kafka-start kafka-stop peers clean
+.PHONY: setup demo test lint unit integration kafka-start kafka-stop peers synapse clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +26,14 @@ $(NODE_PEER): tests/peers/node/package-lock.json
 	touch $(NODE_PEER)
 
 peers: $(NODE_PEER)
+
+$(SYNAPSE_STAMP):
+	$(PYTHON) -m venv .venv-synapse
+	.venv-synapse/bin/pip install --quiet --upgrade pip
+	.venv-synapse/bin/pip install --quiet 'matrix-synapse==$(SYNAPSE_VERSION)'
+	touch $(SYNAPSE_STAMP)
+
+synapse: $(SYNAPSE_STAMP)
 
 demo: setup
 	$(BIN)/appservice-streams demo
@@ -41,10 +52,10 @@ lint: setup
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: kafka-start peers
+integration: kafka-start peers synapse
 	$(BIN)/python -m pytest -q tests/integration
 
-test: lint kafka-start peers
+test: lint kafka-start peers synapse
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # The benchmark at tiny sizes (CI, under a minute): every scenario must yield

@@ -4,6 +4,7 @@ appservice-streams kafka start|stop|status|reset   local KRaft broker (127.0.0.1
 appservice-streams worker --registrations DIR      run a worker
 appservice-streams produce [FILE]                  JSON lines → matrix.events
 appservice-streams status [--worker HOST:PORT]...  every appservice across the workers
+appservice-streams ingest --registration FILE      a homeserver's appservice transactions → matrix.events
 appservice-streams demo                            everything, end to end
 """
 
@@ -90,6 +91,7 @@ def _worker(args: argparse.Namespace) -> int:
             app_id=args.app_id,
             bootstrap_servers=args.bootstrap_servers,
             data_dir=Path(args.data_dir) if args.data_dir else None,
+            start_from="earliest" if args.from_beginning else None,
         )
         registrations = load_registrations(settings.registrations_dir)
         from agents.appservice_http import appservice_tls
@@ -240,6 +242,82 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if all(w.answered for w in worker_rows) and not missing else 1
 
 
+def _listen_address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--listen {value!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _input_partitions() -> int:
+    raw = os.environ.get("APPSERVICE_STREAMS_INPUT_PARTITIONS") or "8"
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"environment variable APPSERVICE_STREAMS_INPUT_PARTITIONS={raw!r} is not a positive number")
+    return int(raw)
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    import asyncio
+    import re
+    import secrets
+
+    import yaml
+
+    from streams.ingest import firehose_registration
+    from streams.kafka_settings import security_from_environment
+    from streams.registration import load_registration
+
+    if args.print_registration:
+        if not args.url:
+            print(
+                "appservice-streams ingest: --print-registration needs --url (where the homeserver reaches the ingest)",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            re.compile(args.claim_users or "")
+        except re.error as exc:
+            print(
+                f"appservice-streams ingest: --claim-users {args.claim_users!r} is not a regex: {exc}", file=sys.stderr
+            )
+            return 2
+        doc = firehose_registration(
+            args.id, args.url, secrets.token_urlsafe(32), secrets.token_urlsafe(32), args.claim_users
+        )
+        print(yaml.safe_dump(doc, sort_keys=False), end="")
+        return 0
+    from agents.ingest import IngestConfig, ensure_ingest_topics, listen, serve
+
+    try:
+        if not args.registration:
+            raise ConfigError("--registration FILE is required (write one with --print-registration)")
+        host, port = _listen_address(args.listen)
+        registration = load_registration(Path(args.registration))
+        config = IngestConfig(
+            registration=registration,
+            bootstrap_servers=args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092",
+            topic=args.topic,
+            input_partitions=_input_partitions(),
+            host=host,
+            port=port,
+            max_body_bytes=args.max_body_bytes,
+            security=security_from_environment(os.environ),
+        )
+        listener = listen(host, port)  # everything local is checked before Kafka is touched
+        ensure_ingest_topics(config)
+    except ConfigError as exc:
+        print(f"appservice-streams ingest: {exc}", file=sys.stderr)
+        return 2
+    from confluent_kafka import KafkaException
+
+    try:
+        asyncio.run(serve(config, listener))
+    except KafkaException as exc:
+        print(f"appservice-streams ingest: Kafka at {config.bootstrap_servers}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from agents.demo import run_demo
 
@@ -310,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete the local state folder and rebuild it from the broker (after the broker lost its data)",
     )
     worker.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="a new app id reads the input topic's whole history (default APPSERVICE_STREAMS_START_FROM or latest)",
+    )
+    worker.add_argument(
         "--log-level", default="info", type=str.lower, choices=["debug", "info", "warning", "error", "critical"]
     )
     worker.set_defaults(run=_worker)
@@ -335,6 +418,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--registrations", help="folder of registrations: name the appservices no worker exports (exit 1 if any)"
     )
     status.set_defaults(run=_status)
+    ingest = sub.add_parser("ingest", help="receive a homeserver's appservice transactions into the input topic")
+    ingest.add_argument("--registration", help="the firehose registration the homeserver loads (YAML)")
+    ingest.add_argument("--listen", default="127.0.0.1:8010", help="HOST:PORT to serve on (default 127.0.0.1:8010)")
+    ingest.add_argument("--bootstrap-servers", help="Kafka (default KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)")
+    ingest.add_argument("--topic", default="matrix.events", help="the input topic (default matrix.events)")
+    ingest.add_argument("--max-body-bytes", type=int, default=16 << 20, help="larger bodies get 413 (default 16 MiB)")
+    ingest.add_argument("--print-registration", action="store_true", help="print a new firehose registration and exit")
+    ingest.add_argument("--url", help="with --print-registration: the URL the homeserver reaches the ingest at")
+    ingest.add_argument("--id", default="appservice-streams-ingest", help="with --print-registration: its id")
+    ingest.add_argument(
+        "--claim-users",
+        metavar="REGEX",
+        help="with --print-registration: a users namespace (lets the as_token act as every matching local user)",
+    )
+    ingest.set_defaults(run=_ingest)
 
     sub.add_parser("bench", help="the benchmark: appservice-streams bench --help")
 

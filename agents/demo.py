@@ -155,6 +155,7 @@ async def _run(home: Path, count: int) -> int:
         "APPSERVICE_STREAMS_PARTITIONS": "4",
         "APPSERVICE_STREAMS_DATA_DIR": str(demo_dir / "state"),
         "APPSERVICE_STREAMS_INSTANCE_ID": "demo-worker",
+        "APPSERVICE_STREAMS_START_FROM": "earliest",  # the run's own fresh topic, read whole
     }
     log_path = demo_dir / "worker.log"
     print(f"3/5 starting a worker (log: {log_path})", flush=True)

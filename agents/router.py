@@ -79,6 +79,8 @@ class Router:
         self._thread: threading.Thread | None = None
         # input partition → offset committed asynchronously, not yet confirmed
         self._uncommitted: dict[int, int] = {}
+        # input partition → the offset after the last record routed (or marker passed)
+        self._routed_to: dict[int, int] = {}
         self._committed_at = 0.0  # time.monotonic() of the last commit
         self.started = threading.Event()
 
@@ -116,7 +118,7 @@ class Router:
             **confluent_config(s),  # servers, TLS/SASL, logger
             "group.id": s.router_group,
             "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
+            "auto.offset.reset": s.start_from,
             "partition.assignment.strategy": "cooperative-sticky",
             "fetch.wait.max.ms": s.fetch_max_wait_ms,
             "session.timeout.ms": int(s.session_timeout_s * 1000),
@@ -152,6 +154,7 @@ class Router:
         consumer = Consumer(self._consumer_config())
 
         def on_assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            self._pin_start(consumer, partitions)
             numbers = sorted(tp.partition for tp in partitions)
             self.rooms.assign(numbers)
             log.info("router owns input partitions %s (added %s)", self.rooms.partitions, numbers)
@@ -174,6 +177,7 @@ class Router:
             while not self._stopping.is_set():
                 first = consumer.poll(POLL_S)
                 if first is None:
+                    self._past_markers(consumer)
                     self._commit(consumer)
                     continue
                 messages = [first, *consumer.consume(s.batch_max - 1, timeout=0)]
@@ -228,7 +232,7 @@ class Router:
                 except Refused as refused:
                     self._dead_letter(record, Reason.REFUSED, str(refused), producer)
         for partition, offset in last.items():
-            self._uncommitted[partition] = offset + 1
+            self._uncommitted[partition] = self._routed_to[partition] = offset + 1
         now = time.monotonic()
         if now - self._committed_at >= s.commit_interval_s:
             self._commit(consumer)
@@ -316,6 +320,35 @@ class Router:
             except KafkaException as exc:
                 log.info("router commit failed (%s); committing again when idle, if still assigned", exc)
 
+    def _pin_start(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Commit the end of each assigned partition the group never committed, under ``start_from: latest``.
+
+        Without it, a worker that routed nothing before a crash would start
+        again from the new end, and skip what was produced in between.
+        """
+        if self._settings.start_from != "latest" or not partitions:
+            return
+        fresh = [tp for tp in consumer.committed(partitions, timeout=FLUSH_TIMEOUT_S) if tp.offset < 0]
+        for tp in fresh:
+            _, high = consumer.get_watermark_offsets(tp, timeout=FLUSH_TIMEOUT_S)
+            tp.offset = high
+            log.info("input partition %d: no committed offset, starting from its end (%d)", tp.partition, high)
+        if fresh:
+            consumer.commit(offsets=fresh, asynchronous=False)
+
+    def _past_markers(self, consumer: Consumer) -> None:
+        """When idle, take the consumer's position past what it skipped since the last record routed.
+
+        A transactional producer (``appservice-streams ingest``) ends each
+        transaction with a commit marker, an offset no consumer returns:
+        committing the last record's offset + 1 would leave the group's lag
+        at 1 per partition forever. Idle, nothing is returned but unread, so
+        the position is safe to commit.
+        """
+        for tp in consumer.position(consumer.assignment()):
+            if tp.offset > self._routed_to.get(tp.partition, tp.offset):
+                self._uncommitted[tp.partition] = self._routed_to[tp.partition] = tp.offset
+
     def _forget(self, partitions: list[TopicPartition]) -> None:
         """Partitions revoked or lost: their rooms closed, their offsets no longer ours to commit.
 
@@ -324,6 +357,7 @@ class Router:
         """
         for tp in partitions:
             self._uncommitted.pop(tp.partition, None)
+            self._routed_to.pop(tp.partition, None)
         self.rooms.revoke(tp.partition for tp in partitions)
         self._owned_changed()
 

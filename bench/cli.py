@@ -27,7 +27,7 @@ from agents.topics import delete_prefixed
 from bench import broker, procs, report
 from bench.progress import say
 from bench.results import ScenarioResult
-from bench.scenarios import QUICK, SCENARIOS, Context, Sizes
+from bench.scenarios import OPT_IN, QUICK, SCENARIOS, Context, Sizes
 from bench.scenarios.common import Turns
 
 
@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that every scenario yields figures")
     parser.add_argument("--out", default="bench-results", help="folder for the JSON and PNG (default bench-results/)")
     parser.add_argument(
-        "--scenario", action="append", choices=list(SCENARIOS), help="run only these (repeatable; default all)"
+        "--scenario",
+        action="append",
+        choices=list(SCENARIOS),
+        help=f"run only these (repeatable; default all but {', '.join(sorted(OPT_IN))})",
     )
     parser.add_argument("--bootstrap-servers", default=broker.BOOTSTRAP)
     parser.add_argument("--keep", action="store_true", help="keep temp folders (worker logs, RocksDB) for debugging")
@@ -76,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     size.add_argument("--recovery-events", type=int, help=f"recovery: events parked (default {d.recovery_events:,})")
     size.add_argument("--memory-events", type=int, help=f"memory: events parked at most (default {d.memory_events:,})")
+    size.add_argument(
+        "--synapse-outages",
+        type=int,
+        nargs="+",
+        help=f"synapse: messages sent while the appservice is down, one outage each (default {d.synapse_outages})",
+    )
+    size.add_argument(
+        "--synapse-live", type=float, help=f"synapse: seconds of live load (default {d.synapse_live_s:g})"
+    )
     size.add_argument("--memory-steps", type=int, help=f"memory: measuring points (default {d.memory_steps})")
     return parser
 
@@ -97,6 +109,8 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         "recovery_events": args.recovery_events,
         "memory_events": args.memory_events,
         "memory_steps": args.memory_steps,
+        "synapse_outages": tuple(args.synapse_outages) if args.synapse_outages else None,
+        "synapse_live_s": args.synapse_live,
     }
     return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
 
@@ -151,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     sizes = sizes_from(args)
-    names = [n for n in SCENARIOS if not args.scenario or n in args.scenario]
+    names = [n for n in SCENARIOS if n in args.scenario] if args.scenario else [n for n in SCENARIOS if n not in OPT_IN]
     started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     ctx = Context(

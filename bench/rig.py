@@ -97,6 +97,8 @@ class Rig:
             retry_unit_ms=retry_unit_ms,
             bootstrap=self.bootstrap,
             source=self.source,
+            # The rig's broker, not whatever KAFKA_BOOTSTRAP_SERVERS (or 127.0.0.1:9092) the bench inherited.
+            extra_env={"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap},
         )
         self.workers.append(worker)
         return worker

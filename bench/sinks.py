@@ -9,7 +9,8 @@ from the bench's own clock reads.
 
 Modes per appservice (``POST /_bench/mode/{name}`` with body ``ok|down|hang``):
 ``ok`` answers ``200 {}``; ``down`` answers 503; ``hang`` never answers until
-the mode changes (then 503).
+the mode changes (then 503). Pings (``POST /{name}/_matrix/app/v1/ping``)
+get 200 ``{}`` when ``ok``, else 503.
 
 On the first 2xx of each txn id (an appservice deduplicates by txn id) every
 event is recorded: arrival time (``time.time_ns()`` after the body is read),
@@ -111,6 +112,13 @@ class SinkServer:
         self.rq_events.append(events)
         self.rq_status.append(status)
 
+    async def ping(self, request: web.Request) -> web.Response:
+        """``POST /_matrix/app/v1/ping``: 200 ``{}`` when up (a homeserver's ping then retries at once)."""
+        state = self.appservice(request.match_info["name"])
+        if state.mode != "ok":
+            return web.Response(status=503, body=_DOWN, content_type="application/json")
+        return web.Response(body=_OK, content_type="application/json")
+
     async def set_mode(self, request: web.Request) -> web.Response:
         mode = (await request.text()).strip()
         if mode not in MODES:
@@ -165,6 +173,7 @@ class SinkServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_put("/{name}/_matrix/app/v1/transactions/{txn_id}", self.transaction)
+        app.router.add_post("/{name}/_matrix/app/v1/ping", self.ping)
         app.router.add_post("/_bench/mode/{name}", self.set_mode)
         app.router.add_get("/_bench/stats", self.stats)
         app.router.add_get("/_bench/events", self.events)

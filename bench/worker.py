@@ -60,6 +60,7 @@ class BenchWorker:
             "APPSERVICE_STREAMS_HTTP_PORT": "0",
             # Metrics stay on (their cost is part of what is measured), each worker on a port of its own.
             "APPSERVICE_STREAMS_METRICS_PORT": str(self.metrics_port),
+            "APPSERVICE_STREAMS_START_FROM": "earliest",  # loads may be produced before the worker starts
             "PYTHONPATH": str(self.source),
             **self.extra_env,
         }

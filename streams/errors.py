@@ -7,6 +7,9 @@ fault they are:
   setting). Raised at start-up, before anything is consumed.
 * ``BadRecord`` — a record on a topic cannot be understood. The worker diverts
   it to the dead-letter topic with this message; it never stalls a partition.
+* ``BadTransaction`` — a homeserver's appservice transaction (at the ingest)
+  cannot be understood; ``NotJSON`` when it is not JSON at all. The ingest
+  answers 400 and produces nothing of it.
 * ``InvariantBroken`` — our own bug: a state the code promises can never be
   reached was reached. It is raised loudly, never swallowed.
 """
@@ -45,6 +48,22 @@ class BadRecord(AppserviceStreamsError):
         self.reason = reason
         self.field = field
         super().__init__(f"{reason} (field '{field}')" if field else reason)
+
+
+class BadTransaction(AppserviceStreamsError):
+    """A transaction body a homeserver sent to the ingest has the wrong shape.
+
+    ``field`` is the body's path to the fault, e.g. ``events[3].room_id``.
+    """
+
+    def __init__(self, reason: str, *, field: str | None = None) -> None:
+        self.reason = reason
+        self.field = field
+        super().__init__(f"{reason} (field '{field}')" if field else reason)
+
+
+class NotJSON(BadTransaction):
+    """A transaction body is not JSON (not UTF-8, or not parseable)."""
 
 
 class InvariantBroken(AppserviceStreamsError):

@@ -70,6 +70,10 @@ class Settings:
     # own (0 turns them off).
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9109
+    # Where the router starts on input partitions its group never committed
+    # (a new app id): "latest", only what is produced from now on, or
+    # "earliest", the topic's whole retained history.
+    start_from: str = "latest"
 
     @property
     def inbox_topic(self) -> str:
@@ -140,11 +144,21 @@ def _existing_file(env: Mapping[str, str], name: str) -> Path | None:
     return path
 
 
+START_FROM = ("latest", "earliest")
+
+
+def _start_from(env: Mapping[str, str]) -> str:
+    raw = env.get("APPSERVICE_STREAMS_START_FROM") or "latest"
+    if raw not in START_FROM:
+        raise ConfigError(f"environment variable APPSERVICE_STREAMS_START_FROM={raw!r} must be 'latest' or 'earliest'")
+    return raw
+
+
 def from_environment(registrations_dir: Path, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Settings from ``APPSERVICE_STREAMS_*`` / ``KAFKA_BOOTSTRAP_SERVERS``, then ``overrides``.
 
     Raises:
-        ConfigError: a missing server name or a malformed number, naming the variable.
+        ConfigError: a missing server name, a malformed number or start position, naming the variable.
     """
     env = os.environ if env is None else env
     server_name = overrides.pop("server_name", None) or env.get("MATRIX_SERVER_NAME")
@@ -169,6 +183,7 @@ def from_environment(registrations_dir: Path, env: Mapping[str, str] | None = No
         "metrics_host": env.get("APPSERVICE_STREAMS_METRICS_HOST") or "127.0.0.1",
         "metrics_port": _port(env, "APPSERVICE_STREAMS_METRICS_PORT", 9109),
         "fetch_max_wait_ms": int(_number(env, "APPSERVICE_STREAMS_FETCH_MAX_WAIT_MS", 10)),
+        "start_from": _start_from(env),
         "legacy_authorization": env.get("APPSERVICE_STREAMS_LEGACY_AUTHORIZATION", "").lower() in ("1", "true", "yes"),
         "appservice_ca_file": _existing_file(env, "APPSERVICE_STREAMS_APPSERVICE_CA_FILE"),
         "kafka_security": security_from_environment(env),

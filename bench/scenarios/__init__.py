@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bench.results import ScenarioResult
-from bench.scenarios import catchup, latency, memory, recovery, throughput
+from bench.scenarios import catchup, latency, memory, recovery, synapse, throughput
 from bench.scenarios.common import QUICK, Context, Sizes
 
 Scenario = Callable[[Context, Sizes], ScenarioResult]
@@ -17,6 +17,9 @@ SCENARIOS: dict[str, Scenario] = {
     "isolation": latency.run_isolation,
     "recovery": recovery.run,
     "memory": memory.run,
+    "synapse": synapse.run,
 }
+# Run only when named (--scenario): it needs `make synapse` and minutes of client-API traffic.
+OPT_IN = frozenset({"synapse"})
 
-__all__ = ["QUICK", "SCENARIOS", "Context", "Scenario", "Sizes"]
+__all__ = ["OPT_IN", "QUICK", "SCENARIOS", "Context", "Scenario", "Sizes"]

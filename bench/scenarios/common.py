@@ -38,6 +38,9 @@ class Sizes:
     memory_appservices: int = 8
     repeat: int = 1
     isolation_rounds: int = 3  # at the main rate: hung runs alternating with reference runs, medians compared
+    synapse_rate: float = 40.0  # synapse (opt-in): live messages/s through Synapse's client API
+    synapse_live_s: float = 30.0
+    synapse_outages: tuple[int, ...] = (500, 10_000)  # messages sent while the appservice is down
 
 
 # Only checks that every scenario yields figures: sizes too small to judge a target by.
@@ -56,6 +59,8 @@ QUICK = Sizes(
     memory_steps=1,
     memory_appservices=4,
     isolation_rounds=1,
+    synapse_live_s=2.0,
+    synapse_outages=(50,),
 )
 
 # In quick mode nothing should take long: give up on a wait after at most this long.

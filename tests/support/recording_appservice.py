@@ -57,14 +57,14 @@ class RecordingAppservice:
     def __post_init__(self) -> None:
         self._gate.set()
 
-    async def start(self) -> str:
+    async def start(self, port: int = 0) -> str:
         # 100 events at the spec's 64 KiB limit make a 6.4 MB transaction.
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_put("/_matrix/app/v1/transactions/{txn_id}", self._transaction)
         app.router.add_post("/_matrix/app/v1/ping", self._ping)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"

@@ -58,9 +58,10 @@ class WorkerProcess:
     http_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     instance: str = "worker"
+    args: list[str] = field(default_factory=list)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "agents.cli", "worker", "--registrations", str(self.registrations)]
+        return [sys.executable, "-m", "agents.cli", "worker", "--registrations", str(self.registrations), *self.args]
 
     def env(self) -> dict[str, str]:
         return {
@@ -75,6 +76,8 @@ class WorkerProcess:
             "APPSERVICE_STREAMS_INSTANCE_ID": f"{self.app_id}-{self.instance}",
             "APPSERVICE_STREAMS_HTTP_PORT": str(self.http_port),
             "APPSERVICE_STREAMS_METRICS_PORT": str(self.metrics_port),
+            # Tests produce around the worker's start; a new app id reads its topic from the start.
+            "APPSERVICE_STREAMS_START_FROM": "earliest",
             **self.extra_env,
         }
 

@@ -76,3 +76,14 @@ def test_metrics_listen_on_loopback_port_9109_by_default_and_0_turns_them_off() 
 def test_a_metrics_port_that_is_not_a_port_is_a_config_error_naming_the_variable(raw: str) -> None:
     with pytest.raises(ConfigError, match="APPSERVICE_STREAMS_METRICS_PORT"):
         settings(APPSERVICE_STREAMS_METRICS_PORT=raw)
+
+
+def test_a_new_app_id_starts_from_the_end_of_the_input_unless_told_otherwise() -> None:
+    assert from_environment(Path("r"), BASE).start_from == "latest"
+    assert from_environment(Path("r"), {**BASE, "APPSERVICE_STREAMS_START_FROM": "earliest"}).start_from == "earliest"
+    assert from_environment(Path("r"), BASE, start_from="earliest").start_from == "earliest"  # --from-beginning
+
+
+def test_an_unknown_start_position_is_a_config_error_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="APPSERVICE_STREAMS_START_FROM='beginning'"):
+        settings(APPSERVICE_STREAMS_START_FROM="beginning")
