@@ -52,6 +52,7 @@ class Synapse:
     port: int = field(default_factory=free_port)
     shared_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     process: subprocess.Popen[bytes] | None = None
+    modules: list[dict[str, Any]] = field(default_factory=list)  # homeserver.yaml `modules:`
 
     @property
     def url(self) -> str:
@@ -105,8 +106,16 @@ class Synapse:
                 },
                 "federation_domain_whitelist": [],
                 "suppress_key_server_warning": True,
+                "modules": self.modules,
             }
         )
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    def set_modules(self, modules: list[dict[str, Any]]) -> None:
+        """Change ``modules:`` in ``homeserver.yaml`` (takes effect at the next start)."""
+        self.modules = modules
+        config = yaml.safe_load(self.config_path.read_text())
+        config["modules"] = modules
         self.config_path.write_text(yaml.safe_dump(config))
 
     def start(self, timeout_s: float = 60.0) -> float:
@@ -139,6 +148,12 @@ class Synapse:
             log.read_text(errors="replace") if log.exists() else ""
         )
         return text[-4000:]
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown of any kind (the module's unstored batch is published again)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
