@@ -42,6 +42,7 @@ def free_port() -> int:
 
 
 GENEROUS = {"per_second": 1000, "burst_count": 1000}
+USERS = f"@bridge_.*:{SERVER_NAME}"
 
 
 @dataclass
@@ -234,3 +235,15 @@ async def register_appservice_user(
         doc = await response.json()
         assert response.status == 200, doc
     return Client(http, synapse.url, as_token, doc["user_id"], as_user=True)
+
+
+def registration_doc(appservice_id: str, url: str | None, as_token: str, exclusive: bool) -> dict[str, Any]:
+    """An appservice registration whose users namespace is ``@bridge_.*`` (RecordingAppservice's hs_token)."""
+    return {
+        "id": appservice_id,
+        "url": url,
+        "as_token": as_token,
+        "hs_token": "hs-secret",  # RecordingAppservice's
+        "sender_localpart": f"{appservice_id}bot",
+        "namespaces": {"users": [{"regex": USERS, "exclusive": exclusive}], "aliases": [], "rooms": []},
+    }

@@ -36,27 +36,16 @@ from bench.synapse import (
     Synapse,
     register_appservice_user,
     register_user,
+    registration_doc,
 )
 from streams.local_kafka import LocalKafka
 from tests.support.recording_appservice import RecordingAppservice
 from tests.support.worker_process import WorkerProcess, free_port
 
 BRIDGE_AS_TOKEN = "as-bridge-module"
-USERS = f"@bridge_.*:{SERVER_NAME}"
 BATCH_SIZE = 20
 # Synapse's serialisation fields that depend on the moment of serialising.
 MOMENT_FIELDS = ("age",)
-
-
-def _registration(appservice_id: str, url: str | None, as_token: str, exclusive: bool) -> dict[str, Any]:
-    return {
-        "id": appservice_id,
-        "url": url,
-        "as_token": as_token,
-        "hs_token": "hs-secret",  # RecordingAppservice's
-        "sender_localpart": f"{appservice_id}bot",
-        "namespaces": {"users": [{"regex": USERS, "exclusive": exclusive}], "aliases": [], "rooms": []},
-    }
 
 
 @dataclass
@@ -111,11 +100,11 @@ async def feed(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> A
     registrations = home / "registrations"
     registrations.mkdir()
     (registrations / "bridge.yaml").write_text(
-        yaml.safe_dump(_registration("bridge", f"http://127.0.0.1:{bridge_port}", BRIDGE_AS_TOKEN, True))
+        yaml.safe_dump(registration_doc("bridge", f"http://127.0.0.1:{bridge_port}", BRIDGE_AS_TOKEN, True))
     )
-    (home / "bridge-synapse.yaml").write_text(yaml.safe_dump(_registration("bridge", None, BRIDGE_AS_TOKEN, True)))
+    (home / "bridge-synapse.yaml").write_text(yaml.safe_dump(registration_doc("bridge", None, BRIDGE_AS_TOKEN, True)))
     (home / "control.yaml").write_text(
-        yaml.safe_dump(_registration("control", f"http://127.0.0.1:{control_port}", "as-control-module", False))
+        yaml.safe_dump(registration_doc("control", f"http://127.0.0.1:{control_port}", "as-control-module", False))
     )
     synapse = Synapse(home / "synapse", [home / "bridge-synapse.yaml", home / "control.yaml"])
     worker = WorkerProcess(
