@@ -237,7 +237,9 @@ async def register_appservice_user(
     return Client(http, synapse.url, as_token, doc["user_id"], as_user=True)
 
 
-def registration_doc(appservice_id: str, url: str | None, as_token: str, exclusive: bool) -> dict[str, Any]:
+def registration_doc(
+    appservice_id: str, url: str | None, as_token: str, exclusive: bool, aliases: str | None = None
+) -> dict[str, Any]:
     """An appservice registration whose users namespace is ``@bridge_.*`` (RecordingAppservice's hs_token)."""
     return {
         "id": appservice_id,
@@ -245,5 +247,9 @@ def registration_doc(appservice_id: str, url: str | None, as_token: str, exclusi
         "as_token": as_token,
         "hs_token": "hs-secret",  # RecordingAppservice's
         "sender_localpart": f"{appservice_id}bot",
-        "namespaces": {"users": [{"regex": USERS, "exclusive": exclusive}], "aliases": [], "rooms": []},
+        "namespaces": {
+            "users": [{"regex": USERS, "exclusive": exclusive}],
+            "aliases": [{"regex": aliases, "exclusive": False}] if aliases else [],
+            "rooms": [],
+        },
     }

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -44,6 +45,7 @@ from tests.support.worker_process import WorkerProcess, free_port
 
 BRIDGE_AS_TOKEN = "as-bridge-module"
 BATCH_SIZE = 20
+ALIASES = f"#bridge_.*:{SERVER_NAME}"
 # Synapse's serialisation fields that depend on the moment of serialising.
 MOMENT_FIELDS = ("age",)
 
@@ -100,9 +102,11 @@ async def feed(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> A
     registrations = home / "registrations"
     registrations.mkdir()
     (registrations / "bridge.yaml").write_text(
-        yaml.safe_dump(registration_doc("bridge", f"http://127.0.0.1:{bridge_port}", BRIDGE_AS_TOKEN, True))
+        yaml.safe_dump(registration_doc("bridge", f"http://127.0.0.1:{bridge_port}", BRIDGE_AS_TOKEN, True, ALIASES))
     )
-    (home / "bridge-synapse.yaml").write_text(yaml.safe_dump(registration_doc("bridge", None, BRIDGE_AS_TOKEN, True)))
+    (home / "bridge-synapse.yaml").write_text(
+        yaml.safe_dump(registration_doc("bridge", None, BRIDGE_AS_TOKEN, True, ALIASES))
+    )
     (home / "control.yaml").write_text(
         yaml.safe_dump(registration_doc("control", f"http://127.0.0.1:{control_port}", "as-control-module", False))
     )
@@ -137,6 +141,7 @@ async def feed(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> A
                             "topic": topic,
                             "batch_size": BATCH_SIZE,
                             "poll_interval_s": 0.5,
+                            "aliases_interval_s": 0.5,
                         },
                     }
                 ]
@@ -218,6 +223,18 @@ async def test_backfill_publishes_again_from_an_event_once(feed: Feed) -> None:
     await asyncio.sleep(1.5)
     again = feed.bridge_ids()[before:]
     assert again == sent[4:], "each event from the backfill position once more, in order, nothing else"
+
+
+async def test_a_directory_alias_makes_its_room_interesting(feed: Feed) -> None:
+    room_id = await feed.alice.create_room()
+    before = await feed.alice.send_text(room_id, "before the alias")
+    await feed.alice.call(
+        "PUT", f"/_matrix/client/v3/directory/room/{quote(f'#bridge_room:{SERVER_NAME}')}", {"room_id": room_id}
+    )
+    await asyncio.sleep(1.5)  # the module reads room_aliases every aliases_interval_s (0.5 s here)
+    after = await feed.alice.send_text(room_id, "after the alias")
+    await feed.until(lambda: after in feed.bridge_ids())
+    assert before not in feed.bridge_ids()
 
 
 async def test_latency_from_send_response_to_appservice(feed: Feed) -> None:
