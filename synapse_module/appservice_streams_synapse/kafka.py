@@ -53,6 +53,9 @@ class Publisher:
                     producer.poll(0.05)  # librdkafka's queue is full: let deliveries drain
         remaining = producer.flush(self._config.delivery_timeout_s + 5)
         if remaining or errors:
+            # Every record is reported by message.timeout.ms, so the queue is empty: a new producer
+            # (a fatal error leaves an idempotent one unusable) cannot race leftovers of this one.
+            self._producer = None
             raise PublishFailed(f"{remaining} records unacknowledged, {len(errors)} failed: {errors[:1]}")
 
     def close(self) -> None:
