@@ -36,7 +36,8 @@ class Publisher:
         if not records:
             return
         if self._producer is None:
-            self._producer = Producer(producer_config(self._config))
+            # librdkafka's log lines go to Synapse's logging, not to its stderr.
+            self._producer = Producer(producer_config(self._config), logger=logging.getLogger(__name__ + ".librdkafka"))
         producer = self._producer
         errors: list[str] = []
 
