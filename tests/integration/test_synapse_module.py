@@ -177,6 +177,11 @@ async def test_events_arrive_in_order_in_the_shape_synapse_sends(feed: Feed) -> 
     await feed.alice.invite(room_id, feed.bob.user_id)
     await feed.bob.join(room_id)
     sent = [await feed.alice.send_text(room_id, f"message {n}") for n in range(30)]
+    room = f"/_matrix/client/v3/rooms/{quote(room_id)}"
+    for name in ("first name", "second name"):  # the second carries prev_content
+        sent.append((await feed.alice.call("PUT", f"{room}/state/m.room.name/", {"name": name}))["event_id"])
+    redaction = await feed.alice.call("PUT", f"{room}/redact/{quote(sent[0])}/r1", {"reason": "test"})
+    sent.append(redaction["event_id"])
     await feed.until(lambda: set(sent) <= set(feed.bridge_ids()) and set(sent) <= set(feed.control_events()))
     await asyncio.sleep(0.5)
     control = feed.control_events()
@@ -184,9 +189,11 @@ async def test_events_arrive_in_order_in_the_shape_synapse_sends(feed: Feed) -> 
     # What Synapse sent the control for this room, in the same order, once each.
     expected = [e for e in control if control[e]["room_id"] == room_id]
     assert [e["event_id"] for e in got] == expected
-    assert [e["event_id"] for e in got][-30:] == sent
-    for event in got:  # the invite (stripped state), the join (prev_content), the messages
+    assert [e["event_id"] for e in got][-33:] == sent
+    # the invite (stripped state), the join and the second name (prev_content), messages, the redaction
+    for event in got:
         assert _comparable(event) == _comparable(control[event["event_id"]])
+    assert got[-1]["redacts"] == sent[0] and got[-2]["unsigned"]["prev_content"] == {"name": "first name"}
 
 
 async def test_synapse_killed_mid_stream_loses_nothing(feed: Feed) -> None:
