@@ -26,27 +26,9 @@ from appservice_streams_synapse.core import (
     producer_config,
 )
 from streams import envelope
+from tests.support.synapse_tables import ROOM, insert, pdu, synapse_tables
 
-ROOM = "!r:hs"
 NOW = 10_000
-
-
-def pdu(event_type: str = "m.room.message", **extra: Any) -> dict[str, Any]:
-    doc = {
-        "type": event_type,
-        "room_id": ROOM,
-        "sender": "@a:hs",
-        "origin_server_ts": 1000,
-        "content": {"body": "hi", "msgtype": "m.text"},
-        "depth": 3,
-        "auth_events": ["$x"],
-        "prev_events": ["$y"],
-        "hashes": {"sha256": "h"},
-        "signatures": {"hs": {}},
-        "unsigned": {"age_ts": 900},
-    }
-    doc.update(extra)
-    return doc
 
 
 def stored(doc: dict[str, Any], event_id: str = "$e", ordering: int = 5, **kw: Any) -> StoredEvent:
@@ -186,25 +168,8 @@ def test_next_position(position: int, upto: int, read: list[int], limit: int, ex
 
 @pytest.fixture
 def db() -> Iterator[sqlite3.Cursor]:
-    connection = sqlite3.connect(":memory:")
-    cursor = connection.cursor()
-    cursor.executescript(
-        """
-        CREATE TABLE events(stream_ordering INTEGER PRIMARY KEY, event_id TEXT, room_id TEXT, type TEXT);
-        CREATE TABLE event_json(event_id TEXT, room_id TEXT, internal_metadata TEXT, json TEXT);
-        CREATE TABLE rejections(event_id TEXT, reason TEXT, last_check TEXT);
-        CREATE TABLE redactions(event_id TEXT, redacts TEXT, have_censored BOOL, received_ts BIGINT);
-        CREATE TABLE local_current_membership(room_id TEXT, user_id TEXT, event_id TEXT, membership TEXT);
-        CREATE TABLE room_aliases(room_alias TEXT, room_id TEXT, creator TEXT);
-        """
-    )
-    yield cursor
-    connection.close()
-
-
-def insert(db: sqlite3.Cursor, ordering: int, event_id: str, doc: dict[str, Any]) -> None:
-    db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (ordering, event_id, ROOM, doc["type"]))
-    db.execute("INSERT INTO event_json VALUES (?, ?, '{}', ?)", (event_id, ROOM, json.dumps(doc)))
+    with synapse_tables() as cursor:
+        yield cursor
 
 
 def test_cold_start_snapshots_local_joined_members_then_resumes_from_the_stored_position(db: sqlite3.Cursor) -> None:
