@@ -9,6 +9,8 @@ NODE_PEER := tests/peers/node/node_modules/.package-lock.json
 # Synapse for the end-to-end tests, in its own venv: its dependencies conflict with ours.
 SYNAPSE_VERSION := 1.163.2
 SYNAPSE_STAMP := .venv-synapse/.installed-$(SYNAPSE_VERSION)
+# The feed module (synapse_module/, its own small distribution: confluent-kafka only) in Synapse's venv.
+SYNAPSE_MODULE_STAMP := .venv-synapse/.installed-module
 
 .PHONY: setup demo test lint unit integration kafka-start kafka-stop peers synapse clean
 
@@ -33,7 +35,11 @@ $(SYNAPSE_STAMP):
 	.venv-synapse/bin/pip install --quiet 'matrix-synapse==$(SYNAPSE_VERSION)'
 	touch $(SYNAPSE_STAMP)
 
-synapse: $(SYNAPSE_STAMP)
+$(SYNAPSE_MODULE_STAMP): $(SYNAPSE_STAMP) synapse_module/pyproject.toml
+	.venv-synapse/bin/pip install --quiet -e ./synapse_module
+	touch $(SYNAPSE_MODULE_STAMP)
+
+synapse: $(SYNAPSE_STAMP) $(SYNAPSE_MODULE_STAMP)
 
 demo: setup
 	$(BIN)/appservice-streams demo

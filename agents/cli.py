@@ -302,6 +302,7 @@ def _ingest(args: argparse.Namespace) -> int:
             port=port,
             max_body_bytes=args.max_body_bytes,
             security=security_from_environment(os.environ),
+            room_events=not args.without_room_events,
         )
         listener = listen(host, port)  # everything local is checked before Kafka is touched
         ensure_ingest_topics(config)
@@ -424,6 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--bootstrap-servers", help="Kafka (default KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)")
     ingest.add_argument("--topic", default="matrix.events", help="the input topic (default matrix.events)")
     ingest.add_argument("--max-body-bytes", type=int, default=16 << 20, help="larger bodies get 413 (default 16 MiB)")
+    ingest.add_argument(
+        "--without-room-events",
+        action="store_true",
+        help="leave room events out (the Synapse feed module publishes them): ephemeral, to-device, device data only",
+    )
     ingest.add_argument("--print-registration", action="store_true", help="print a new firehose registration and exit")
     ingest.add_argument("--url", help="with --print-registration: the URL the homeserver reaches the ingest at")
     ingest.add_argument("--id", default="appservice-streams-ingest", help="with --print-registration: its id")

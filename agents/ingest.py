@@ -75,6 +75,7 @@ class IngestConfig:
     max_body_bytes: int = 16 << 20  # Synapse's largest: 100 events of ≤ 64 KiB, plus ephemeral data
     kafka_timeout_s: float = 30.0  # per Kafka call; a homeserver waits 60 s for an answer
     security: KafkaSecurity = PLAINTEXT  # TLS/SASL, from the same KAFKA_* variables as the worker's
+    room_events: bool = True  # False beside the Synapse feed module, which publishes them
 
     @property
     def ingest_id(self) -> str:
@@ -264,7 +265,7 @@ class Ingest:
         except web.HTTPRequestEntityTooLarge:
             return _error(413, "M_TOO_LARGE", f"Body over {self._config.max_body_bytes} bytes")
         try:
-            ingested = records_of(parse_body(raw))
+            ingested = records_of(parse_body(raw), room_events=self._config.room_events)
         except NotJSON as exc:
             log.warning("transaction %s refused: %s", txn_id, exc)
             return _error(400, "M_NOT_JSON", str(exc))

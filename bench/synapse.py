@@ -42,6 +42,7 @@ def free_port() -> int:
 
 
 GENEROUS = {"per_second": 1000, "burst_count": 1000}
+USERS = f"@bridge_.*:{SERVER_NAME}"
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Synapse:
     port: int = field(default_factory=free_port)
     shared_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     process: subprocess.Popen[bytes] | None = None
+    modules: list[dict[str, Any]] = field(default_factory=list)  # homeserver.yaml `modules:`
 
     @property
     def url(self) -> str:
@@ -105,8 +107,16 @@ class Synapse:
                 },
                 "federation_domain_whitelist": [],
                 "suppress_key_server_warning": True,
+                "modules": self.modules,
             }
         )
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    def set_modules(self, modules: list[dict[str, Any]]) -> None:
+        """Change ``modules:`` in ``homeserver.yaml`` (takes effect at the next start)."""
+        self.modules = modules
+        config = yaml.safe_load(self.config_path.read_text())
+        config["modules"] = modules
         self.config_path.write_text(yaml.safe_dump(config))
 
     def start(self, timeout_s: float = 60.0) -> float:
@@ -139,6 +149,12 @@ class Synapse:
             log.read_text(errors="replace") if log.exists() else ""
         )
         return text[-4000:]
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown of any kind (the module's unstored batch is published again)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -219,3 +235,21 @@ async def register_appservice_user(
         doc = await response.json()
         assert response.status == 200, doc
     return Client(http, synapse.url, as_token, doc["user_id"], as_user=True)
+
+
+def registration_doc(
+    appservice_id: str, url: str | None, as_token: str, exclusive: bool, aliases: str | None = None
+) -> dict[str, Any]:
+    """An appservice registration whose users namespace is ``@bridge_.*`` (RecordingAppservice's hs_token)."""
+    return {
+        "id": appservice_id,
+        "url": url,
+        "as_token": as_token,
+        "hs_token": "hs-secret",  # RecordingAppservice's
+        "sender_localpart": f"{appservice_id}bot",
+        "namespaces": {
+            "users": [{"regex": USERS, "exclusive": exclusive}],
+            "aliases": [{"regex": aliases, "exclusive": False}] if aliases else [],
+            "rooms": [],
+        },
+    }

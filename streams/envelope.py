@@ -9,6 +9,10 @@ every record of one room lands on one partition, in order. Kinds:
 ``room_aliases``  ``{"v": 1, "kind": "room_aliases", "room_id": "!r:hs",
                   "aliases": ["#a:hs", …]}``: the room's *local* aliases now
                   (replaces what was known), used by the ``aliases`` namespace.
+``room_members``  ``{"v": 1, "kind": "room_members", "room_id": "!r:hs",
+                  "members": ["@u:hs", …]}``: the room's *local joined* members
+                  now (replaces what was known): a homeserver's snapshot at
+                  cold start, so interest rule 5 holds from the first event.
 
 ``ephemeral``      ``{"v": 1, "kind": "ephemeral", "edu": {"type": "m.typing" |
                   "m.receipt", "room_id": …, "content": {…}}}`` (key = room ID) or
@@ -23,7 +27,7 @@ every record of one room lands on one partition, in order. Kinds:
                   "unused_fallback_key_types": ["signed_curve25519"]}``
                   (key = user ID; MSC3202; either field may be omitted).
 
-Members are not declared: the router tracks local joined members from the
+Between snapshots the router tracks local joined members from the
 ``m.room.member`` events themselves.
 """
 
@@ -87,12 +91,18 @@ class DeviceData:
     payload: bytes
 
 
-Envelope = RoomEvent | RoomAliases | Ephemeral | ToDevice | DeviceData
+@dataclass(frozen=True)
+class RoomMembers:
+    room_id: RoomID
+    members: frozenset[str]
+
+
+Envelope = RoomEvent | RoomAliases | RoomMembers | Ephemeral | ToDevice | DeviceData
 
 
 def record_key(record: Envelope) -> str:
     """The input topic key: a room's records share a partition, so do a user's."""
-    if isinstance(record, (RoomEvent, RoomAliases)):
+    if isinstance(record, (RoomEvent, RoomAliases, RoomMembers)):
         return record.room_id
     if isinstance(record, Ephemeral):
         return record.room_id or record.user_id or ""
@@ -182,14 +192,17 @@ def decode(raw: bytes | None) -> Envelope:
             if not isinstance(event.get(name), str):
                 raise BadRecord("missing or not a string", field=f"event.{name}")
         return RoomEvent(event, orjson.dumps(event))
-    if kind == "room_aliases":
+    if kind in ("room_aliases", "room_members"):
         room_id = doc.get("room_id")
-        aliases = doc.get("aliases")
+        name = "aliases" if kind == "room_aliases" else "members"
+        listed = doc.get(name)
         if not isinstance(room_id, str):
             raise BadRecord("missing or not a string", field="room_id")
-        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
-            raise BadRecord("must be a list of strings", field="aliases")
-        return RoomAliases(RoomID(room_id), frozenset(aliases))
+        if not isinstance(listed, list) or not all(isinstance(a, str) for a in listed):
+            raise BadRecord("must be a list of strings", field=name)
+        if kind == "room_aliases":
+            return RoomAliases(RoomID(room_id), frozenset(listed))
+        return RoomMembers(RoomID(room_id), frozenset(listed))
     decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
     if decoder is None:
         raise BadRecord(f"unknown kind {kind!r}", field="kind")

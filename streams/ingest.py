@@ -186,8 +186,12 @@ def _device_keys(body: dict[str, Any]) -> Iterator[Record]:
         yield _checked("device_keys", f"device keys of {user_id} {device_id}", "", **fields)
 
 
-def records_of(body: dict[str, Any]) -> Ingested:
+def records_of(body: dict[str, Any], room_events: bool = True) -> Ingested:
     """The input-topic records of one transaction body, in the body's order (events first).
+
+    ``room_events=False`` leaves the body's ``events`` out (not even checked):
+    for an ingest beside the Synapse feed module, which publishes room events
+    itself, so that each room event is on the topic once.
 
     Raises:
         BadTransaction: a key holds the wrong type, or an item lacks what the
@@ -196,7 +200,7 @@ def records_of(body: dict[str, Any]) -> Ingested:
     """
     skipped: list[str] = []
     records = [
-        *_events(body),
+        *(_events(body) if room_events else ()),
         *_ephemeral(body, skipped),
         *_to_device(body),
         *_device_lists(body),

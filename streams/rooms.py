@@ -1,8 +1,8 @@
 """What the router remembers about a room: its local aliases and local joined members.
 
 Rule 4 and 5 of appservice interest need them, and the input stream is the
-only source: members are tracked from ``m.room.member`` events, aliases from
-``room_aliases`` envelopes. Remote users are never kept (they never make a
+only source: members are tracked from ``m.room.member`` events (and replaced whole by a
+``room_members`` snapshot), aliases from ``room_aliases`` envelopes. Remote users are never kept (they never make a
 room interesting). Stored as version-1 bytes: ``01`` + JSON
 ``{"a": [aliases], "m": [members]}``, both sorted.
 """
@@ -48,6 +48,11 @@ def apply_event(room: RoomState, event: Mapping[str, object], server_name: str) 
 def with_aliases(room: RoomState, aliases: frozenset[str], server_name: str) -> RoomState:
     """The room with its local aliases replaced (remote aliases are dropped)."""
     return RoomState(frozenset(a for a in aliases if is_local(a, server_name)), room.members)
+
+
+def with_members(room: RoomState, members: frozenset[str], server_name: str) -> RoomState:
+    """The room with its local joined members replaced (a snapshot; remote users are dropped)."""
+    return RoomState(room.aliases, frozenset(m for m in members if is_local(m, server_name)))
 
 
 def encode_room(room: RoomState) -> bytes:

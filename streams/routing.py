@@ -30,7 +30,7 @@ from streams.interest import Interest, RoomView
 from streams.machine import Item, ItemKind, SourcePosition
 from streams.matrix import AppserviceID, RoomID
 from streams.registration import Registration
-from streams.rooms import RoomState, apply_event, with_aliases
+from streams.rooms import RoomState, apply_event, with_aliases, with_members
 
 # The most one input record may carry. Its item must fit one routed inbox
 # record (``streams.records.MAX_BATCH_BYTES``), one backlog chunk and one part
@@ -130,9 +130,12 @@ def route_batch(
             batch.rejected.append((record, Reason.MALFORMED, str(exc)))
             continue
         view = None
-        if isinstance(decoded, envelope.RoomAliases):
+        if isinstance(decoded, (envelope.RoomAliases, envelope.RoomMembers)):
             room = room_of(record.partition, decoded.room_id)
-            updated = with_aliases(room, decoded.aliases, server_name)
+            if isinstance(decoded, envelope.RoomAliases):
+                updated = with_aliases(room, decoded.aliases, server_name)
+            else:
+                updated = with_members(room, decoded.members, server_name)
             if updated != room:
                 rooms[(record.partition, decoded.room_id)] = updated
             continue

@@ -269,3 +269,9 @@ def test_the_same_id_with_another_body_is_new_content_and_flagged() -> None:
 def test_ids_compare_as_numbers_not_strings_and_other_ids_are_not_flagged() -> None:
     assert decide(Position.of("9", b"a"), Position.of("10", b"b")) == Produce(went_back=False)
     assert decide(Position.of("abc", b"a"), Position.of("abb", b"b")) == Produce(went_back=False)
+
+
+def test_beside_the_feed_module_room_events_are_left_out_and_the_rest_kept() -> None:
+    body = {"events": [EVENT, {"not": "an event"}], "ephemeral": [TYPING]}
+    records = records_of(body, room_events=False).records
+    assert [type(envelope.decode(value)) for _, value in records] == [envelope.Ephemeral]

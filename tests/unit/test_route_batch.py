@@ -108,3 +108,19 @@ def test_a_record_at_the_input_limit_is_routed() -> None:
 
 def test_an_event_nobody_wants_makes_no_item() -> None:
     assert route(records(event(0, "@stranger:example.org"))).items == {}
+
+
+def test_a_members_snapshot_replaces_the_local_joined_members_and_routes_nothing() -> None:
+    snapshot = envelope.encode("room_members", room_id=ROOM, members=["@beta_b:example.org", "@remote:elsewhere.org"])
+    known = RoomState(aliases=frozenset({"#a:example.org"}), members=frozenset({"@alpha_a:example.org"}))
+    batch = route(records(snapshot, event(1, "@stranger:example.org")), lambda p, r: known)
+    assert batch.rooms[(0, ROOM)] == RoomState(frozenset({"#a:example.org"}), frozenset({"@beta_b:example.org"}))
+    # rule 5 from the snapshot: the stranger's event goes to beta (its member is joined), no longer to alpha
+    assert set(batch.items) == {1} and [i.source.offset for i in batch.items[1]["beta"]] == [1]
+
+
+def test_a_members_snapshot_needs_a_list_of_strings() -> None:
+    batch = route(records(envelope.encode("room_members", room_id=ROOM, members="@a:example.org")))
+    assert [(reason, detail) for _, reason, detail in batch.rejected] == [
+        (Reason.MALFORMED, "must be a list of strings (field 'members')")
+    ]
