@@ -1,0 +1,106 @@
+"""Sends of stored txns, one HTTP attempt per (appservice, txn id), and outcomes through the inbox."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from agents.metrics import Metrics
+from agents.pipeline import Pipeline
+from streams.delivery import Send
+from streams.machine import Input, Resume, TxnFailed
+from streams.matrix import AppserviceID
+from streams.outcome import Outcome as HttpOutcome
+from streams.outcome import as_input
+from streams.records import encode_outcome
+
+log = logging.getLogger("agents.deliverer")  # the log lines keep the logger they always had
+
+# How long to wait before producing an outcome again when Kafka refuses it.
+REPORT_RETRY_S = 1.0
+
+
+# Settles one outcome of a send: (the send, what the appservice's answer means
+# for the machine, the ownership epoch the send was asked for in).
+Settle = Callable[[Send, Input, int | None], None]
+
+
+class Senders:
+    """At most one HTTP attempt per (appservice, txn id) in this process."""
+
+    def __init__(self, pipeline: Pipeline, settle: Settle, metrics: Metrics | None = None) -> None:
+        self._pipeline = pipeline
+        self._settle = settle
+        self._metrics = metrics
+        self._running: dict[tuple[AppserviceID, int], asyncio.Task[None]] = {}
+
+    def start(self, send: Send, epoch: int | None) -> None:
+        """Start ``send``; ``epoch`` is the ownership epoch of the step that asked for it (None: unknown)."""
+        key = (send.appservice_id, send.txn_id)
+        if key in self._running:
+            return  # a resume asked again for what is already on the wire
+        task = self._pipeline.background.spawn(self._send(send, epoch), f"send {send.appservice_id} txn {send.txn_id}")
+        self._running[key] = task
+        task.add_done_callback(lambda _: self._running.pop(key, None))
+
+    async def _send(self, send: Send, epoch: int | None) -> None:
+        pipeline = self._pipeline
+        registration = pipeline.registrations[send.appservice_id]
+        outcome: HttpOutcome | None = None
+        started = time.monotonic()
+        try:
+            outcome = await pipeline.client.put_transaction(registration, send.txn_id, send.body)
+            result = as_input(outcome, send.txn_id, jitter=random.random())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Our bug, not the appservice's: still report a failure, so the
+            # machine backs off and retries instead of waiting forever.
+            log.exception("sending txn %s to %s failed inside the worker", send.txn_id, send.appservice_id)
+            result = TxnFailed(send.txn_id, f"internal error: {type(exc).__name__}", None, random.random())
+        if self._metrics is not None:
+            self._metrics.transaction_done(send, outcome, time.monotonic() - started)
+        if isinstance(result, TxnFailed):
+            log.info(
+                "appservice %s txn %s attempt %d failed: %s",
+                send.appservice_id,
+                send.txn_id,
+                send.attempt,
+                result.reason,
+            )
+        self._settle(send, result, epoch)
+
+    async def stop(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+
+
+async def report(pipeline: Pipeline, appservice_id: AppserviceID, result: Input) -> None:
+    """Produce a machine input to the inbox, retrying until Kafka takes it.
+
+    Giving up would leave the appservice waiting forever on an outcome that
+    never comes; retrying is safe because stale or duplicate outcomes are
+    ignored by the machine.
+    """
+    value = encode_outcome(result)  # type: ignore[arg-type]
+    while True:
+        try:
+            await pipeline.inbox.send(key=appservice_id.encode(), value=value)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("could not produce an outcome for %s; retrying", appservice_id)
+            await asyncio.sleep(REPORT_RETRY_S)
+
+
+async def resume_all(pipeline: Pipeline) -> None:
+    for appservice_id, registration in pipeline.registrations.items():
+        if registration.url is not None:
+            await report(pipeline, appservice_id, Resume())
+
+
+__all__ = ["REPORT_RETRY_S", "Senders", "Settle", "report", "resume_all"]
