@@ -249,13 +249,6 @@ def _listen_address(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _input_partitions() -> int:
-    raw = os.environ.get("APPSERVICE_STREAMS_INPUT_PARTITIONS") or "8"
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"environment variable APPSERVICE_STREAMS_INPUT_PARTITIONS={raw!r} is not a positive number")
-    return int(raw)
-
-
 def _ingest(args: argparse.Namespace) -> int:
     import asyncio
     import re
@@ -266,6 +259,7 @@ def _ingest(args: argparse.Namespace) -> int:
     from streams.ingest import firehose_registration
     from streams.kafka_settings import security_from_environment
     from streams.registration import load_registration
+    from streams.settings import input_partitions
 
     if args.print_registration:
         if not args.url:
@@ -286,7 +280,8 @@ def _ingest(args: argparse.Namespace) -> int:
         )
         print(yaml.safe_dump(doc, sort_keys=False), end="")
         return 0
-    from agents.ingest import IngestConfig, ensure_ingest_topics, listen, serve
+    from agents.ingest import IngestConfig, ensure_ingest_topics, serve
+    from agents.listener import listen
 
     try:
         if not args.registration:
@@ -297,14 +292,15 @@ def _ingest(args: argparse.Namespace) -> int:
             registration=registration,
             bootstrap_servers=args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092",
             topic=args.topic,
-            input_partitions=_input_partitions(),
+            input_partitions=input_partitions(os.environ),
             host=host,
             port=port,
             max_body_bytes=args.max_body_bytes,
             security=security_from_environment(os.environ),
             room_events=not args.without_room_events,
         )
-        listener = listen(host, port)  # everything local is checked before Kafka is touched
+        # everything local is checked before Kafka is touched
+        listener = listen(host, port, purpose="listen on", setting="--listen")
         ensure_ingest_topics(config)
     except ConfigError as exc:
         print(f"appservice-streams ingest: {exc}", file=sys.stderr)

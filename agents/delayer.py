@@ -15,9 +15,9 @@ import asyncio
 import logging
 from typing import Any
 
-from agents.deliverer import report
 from agents.fatal import fatal
 from agents.pipeline import Pipeline, now_ms
+from agents.senders import report
 from streams.dead_letter import Reason
 from streams.errors import BadRecord
 from streams.machine import RetryDue

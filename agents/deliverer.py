@@ -28,7 +28,7 @@ from agents.fatal import fatal
 from agents.ownership import Ownership
 from agents.pipeline import Pipeline, now_ms
 from agents.positions import RESEEK_S, KafkaPartitionLog, PositionGuard
-from agents.senders import Senders, report, resume_all
+from agents.senders import Senders, report
 from agents.stepper import Stepper, Work
 from agents.table_store import TableStore, partition_of
 from streams.delivery import Send
@@ -232,4 +232,4 @@ class Deliverer:
             fatal(exc, "deliverer re-read")
 
 
-__all__ = ["Deliverer", "Senders", "install", "report", "resume_all"]
+__all__ = ["Deliverer", "install"]

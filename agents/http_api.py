@@ -16,9 +16,9 @@ import time
 import orjson
 from aiohttp import web
 
-from agents.deliverer import report
+from agents.listener import listen
 from agents.pipeline import Pipeline
-from streams.errors import ConfigError
+from agents.senders import report
 from streams.machine import PingSucceeded
 from streams.matrix import AppserviceID
 from streams.ping import Answer, answer, authorize
@@ -66,25 +66,11 @@ def build(pipeline: Pipeline) -> web.Application:
 def bind(host: str, port: int) -> socket.socket | None:
     """The HTTP API's listening socket, bound before anything else starts; None when port is 0 (off).
 
-    A port in use or a bad address is then an error at start-up (exit 2), not a
-    crash once Kafka is joined (exit 70, which a supervisor restarts forever).
-
     Raises: ConfigError naming the setting.
     """
     if not port:
         return None
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((host, port))
-        listener.listen(128)
-        listener.setblocking(False)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot serve the HTTP API on {host}:{port} (APPSERVICE_STREAMS_HTTP_HOST/_PORT): {exc.strerror or exc}"
-        ) from exc
-    return listener
+    return listen(host, port, purpose="serve the HTTP API on", setting="APPSERVICE_STREAMS_HTTP_HOST/_PORT")
 
 
 class HttpApi:

@@ -41,7 +41,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from agents.kafka_config import client_config, producer_config
 from agents.topics import ensure_topics
-from streams.errors import BadTransaction, ConfigError, NotJSON
+from streams.errors import BadTransaction, NotJSON
 from streams.ingest import (
     Position,
     Produce,
@@ -336,22 +336,6 @@ def ensure_ingest_topics(config: IngestConfig) -> None:
         config.kafka_timeout_s,
         security=config.security,
     )
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """The listening socket, bound before Kafka is touched: a port in use is an error at start-up.
-
-    Raises: ConfigError naming the address.
-    """
-    try:
-        listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((host, port))
-        listener.listen(128)
-        listener.setblocking(False)
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port} (--listen): {exc.strerror or exc}") from exc
-    return listener
 
 
 async def serve(config: IngestConfig, listener: socket.socket) -> None:

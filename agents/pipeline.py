@@ -175,6 +175,7 @@ def create_pipeline(
     # Imported here: each module registers its agent on the app it is given.
     from agents import delayer, deliverer, observe, router
     from agents.http_api import HttpApi
+    from agents.senders import resume_all
 
     routing = router.install(settings, pipeline.interest, list(pipeline.registrations), pipeline.metrics)
     pipeline.metrics_server = observe.install(pipeline, routing)
@@ -199,7 +200,7 @@ def create_pipeline(
         # Every worker asks every appservice to resume; the record lands with
         # the owner, whose machine resends what was in flight or re-arms its
         # retry timer (see Resume in streams.machine). Duplicates are harmless.
-        pipeline.background.spawn(deliverer.resume_all(pipeline), "resume appservices")
+        pipeline.background.spawn(resume_all(pipeline), "resume appservices")
         owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == settings.inbox_topic)
         pipeline.background.spawn(announce_ready(owned), "announce ready")
 

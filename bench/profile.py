@@ -70,8 +70,8 @@ def top_frames(stacks: list[tuple[list[str], int]], limit: int = 15) -> tuple[li
 # Where a sample's time goes: the first rule (in this order) whose marker is in its stack.
 CATEGORIES: tuple[tuple[str, str], ...] = (
     ("ours: router (route_one)", "(agents/router.py"),
-    ("ours: deliverer step (machine, backlog, codec)", "step_partition (agents/deliverer.py"),
-    ("ours: HTTP send + outcome report", "Senders._send (agents/deliverer.py"),
+    ("ours: deliverer step (machine, backlog, codec)", "(agents/stepper.py"),
+    ("ours: HTTP send + outcome report", "(agents/senders.py"),
     ("ours: other agents/ streams/", "(agents/"),
     ("ours: other agents/ streams/", "(streams/"),
     ("aiohttp client", "aiohttp/"),

@@ -154,6 +154,14 @@ def _start_from(env: Mapping[str, str]) -> str:
     return raw
 
 
+def input_partitions(env: Mapping[str, str]) -> int:
+    """Partitions of the input topic when it is created (the worker and the ingest both may).
+
+    Raises: ConfigError naming the variable.
+    """
+    return int(_number(env, "APPSERVICE_STREAMS_INPUT_PARTITIONS", 8))
+
+
 def from_environment(registrations_dir: Path, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Settings from ``APPSERVICE_STREAMS_*`` / ``KAFKA_BOOTSTRAP_SERVERS``, then ``overrides``.
 
@@ -175,7 +183,7 @@ def from_environment(registrations_dir: Path, env: Mapping[str, str] | None = No
         "connect_timeout_s": _number(env, "APPSERVICE_STREAMS_CONNECT_TIMEOUT_S", 15.0),
         "response_timeout_s": _number(env, "APPSERVICE_STREAMS_RESPONSE_TIMEOUT_S", 60.0),
         "partitions": int(_number(env, "APPSERVICE_STREAMS_PARTITIONS", 8)),
-        "input_partitions": int(_number(env, "APPSERVICE_STREAMS_INPUT_PARTITIONS", 8)),
+        "input_partitions": input_partitions(env),
         "instance_id": env.get("APPSERVICE_STREAMS_INSTANCE_ID") or None,
         "session_timeout_s": _number(env, "APPSERVICE_STREAMS_SESSION_TIMEOUT_S", 10.0),
         "http_host": env.get("APPSERVICE_STREAMS_HTTP_HOST") or "127.0.0.1",

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from agents.background import BackgroundTasks
-from agents.deliverer import Senders
+from agents.senders import Senders
 from streams.delivery import Send
 from streams.machine import Input, TxnFailed, TxnSucceeded
 from streams.matrix import AppserviceID, TxnID
