@@ -17,67 +17,65 @@ import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streams.errors import BadRecord, ConfigError
 from streams.registration import Registration
+
+if TYPE_CHECKING:
+    from streams.local_cluster import LocalCluster
+    from streams.local_kafka import LocalKafka
 
 log = logging.getLogger("appservice_streams")
 
 
 def _kafka(args: argparse.Namespace) -> int:
+    from streams.local_cluster import LocalCluster
     from streams.local_kafka import LocalKafka, LocalKafkaError
 
-    if args.brokers != 1:
-        return _kafka_cluster(args)
-    kafka = LocalKafka(root=Path(args.home), port=args.port, controller_port=args.port + 1)
+    single = args.brokers == 1
+    broker = (
+        LocalKafka(root=Path(args.home), port=args.port, controller_port=args.port + 1)
+        if single
+        else LocalCluster(root=Path(args.home), port=args.port, brokers=args.brokers)
+    )
+    name = "kafka" if single else "kafka cluster"
     try:
         if args.action == "start":
-            kafka.start()
-            print(f"kafka running on {kafka.bootstrap}")
+            broker.start()
+            size = "" if single else f" of {args.brokers} brokers"
+            print(f"{name}{size} running on {broker.bootstrap}")
         elif args.action == "stop":
-            kafka.stop()
-            print("kafka stopped")
+            broker.stop()
+            print(f"{name} stopped")
         elif args.action == "reset":
-            kafka.reset()
-            print("kafka stopped and its data deleted")
+            broker.reset()
+            print(f"{name} stopped and its data deleted")
         else:
-            status = kafka.status()
-            if status.running:
-                print(f"kafka running on 127.0.0.1:{status.port} (pid {status.pid})")
-            elif status.answering:
-                print(f"kafka not started from {kafka.home}, but 127.0.0.1:{status.port} answers (another process)")
-            else:
-                print(f"kafka not running (127.0.0.1:{status.port})")
-            return 0 if status.running else 1
+            return _kafka_status(broker)
     except LocalKafkaError as exc:
-        print(f"appservice-streams kafka {args.action}: {exc}", file=sys.stderr)
+        flags = "" if single else f" --brokers {args.brokers}"
+        print(f"appservice-streams kafka {args.action}{flags}: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def _kafka_cluster(args: argparse.Namespace) -> int:
+def _kafka_status(broker: LocalKafka | LocalCluster) -> int:
+    """Print the broker's or cluster's state as a sentence; 0 when everything runs."""
     from streams.local_cluster import LocalCluster, describe
-    from streams.local_kafka import LocalKafkaError
 
-    cluster = LocalCluster(root=Path(args.home), port=args.port, brokers=args.brokers)
-    try:
-        if args.action == "start":
-            cluster.start()
-            print(f"kafka cluster of {args.brokers} brokers running on {cluster.bootstrap}")
-        elif args.action == "stop":
-            cluster.stop()
-            print("kafka cluster stopped")
-        elif args.action == "reset":
-            cluster.reset()
-            print("kafka cluster stopped and its data deleted")
-        else:
-            statuses = cluster.status()
-            print(describe(statuses, cluster.home))
-            return 0 if all(s.running for s in statuses) else 1
-    except LocalKafkaError as exc:
-        print(f"appservice-streams kafka {args.action} --brokers {args.brokers}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    if isinstance(broker, LocalCluster):
+        statuses = broker.status()
+        print(describe(statuses, broker.home))
+        return 0 if all(s.running for s in statuses) else 1
+    status = broker.status()
+    if status.running:
+        print(f"kafka running on 127.0.0.1:{status.port} (pid {status.pid})")
+    elif status.answering:
+        print(f"kafka not started from {broker.home}, but 127.0.0.1:{status.port} answers (another process)")
+    else:
+        print(f"kafka not running (127.0.0.1:{status.port})")
+    return 0 if status.running else 1
 
 
 def _worker(args: argparse.Namespace) -> int:
