@@ -23,15 +23,15 @@ from streams.errors import BadRecord, ConfigError
 from streams.registration import Registration
 
 if TYPE_CHECKING:
-    from streams.local_cluster import LocalCluster
-    from streams.local_kafka import LocalKafka
+    from agents.local_cluster import LocalCluster
+    from agents.local_kafka import LocalKafka
 
 log = logging.getLogger("appservice_streams")
 
 
 def _kafka(args: argparse.Namespace) -> int:
-    from streams.local_cluster import LocalCluster
-    from streams.local_kafka import LocalKafka, LocalKafkaError
+    from agents.local_cluster import LocalCluster
+    from agents.local_kafka import LocalKafka, LocalKafkaError
 
     single = args.brokers == 1
     broker = (
@@ -62,7 +62,7 @@ def _kafka(args: argparse.Namespace) -> int:
 
 def _kafka_status(broker: LocalKafka | LocalCluster) -> int:
     """Print the broker's or cluster's state as a sentence; 0 when everything runs."""
-    from streams.local_cluster import LocalCluster, describe
+    from agents.local_cluster import LocalCluster, describe
 
     if isinstance(broker, LocalCluster):
         statuses = broker.status()
@@ -109,7 +109,7 @@ def _worker(args: argparse.Namespace) -> int:
     import faust
 
     from agents.local_state import open_tables, stopped_cleanly
-    from agents.pipeline import create_pipeline
+    from agents.worker import create_pipeline
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     pipeline = create_pipeline(settings, registrations, http_listener)
@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     kafka = sub.add_parser("kafka", help="run the local Kafka broker")
     kafka.add_argument("action", choices=["start", "stop", "status", "reset"])
-    kafka.add_argument("--home", default=".", help="folder that holds .kafka/ and kafka/pom.xml (default: .)")
+    kafka.add_argument("--home", default=".", help="folder for .kafka/: jars, data, logs (default: .)")
     kafka.add_argument(
         "--port",
         type=int,

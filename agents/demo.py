@@ -23,9 +23,9 @@ import orjson
 import yaml
 from aiohttp import web
 
+from agents.local_kafka import LocalKafka, LocalKafkaError
 from agents.producer import EventProducer
 from agents.topics import delete_prefixed, ensure_topic
-from streams.local_kafka import LocalKafka, LocalKafkaError
 
 SERVER_NAME = "demo.example.org"
 HS_TOKEN = "demo-hs-token"  # a local demo's token, not a secret

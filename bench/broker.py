@@ -18,11 +18,11 @@ def ensure_running(bootstrap: str = BOOTSTRAP) -> None:
     """Start the local broker when the bootstrap is the local one (idempotent).
 
     Raises:
-        streams.local_kafka.LocalKafkaError: it cannot be started.
+        agents.local_kafka.LocalKafkaError: it cannot be started.
     """
     if bootstrap != BOOTSTRAP:
         return
-    from streams.local_kafka import LocalKafka
+    from agents.local_kafka import LocalKafka
 
     LocalKafka(root=ROOT).start()
 
@@ -31,18 +31,18 @@ def broker_pid(bootstrap: str = BOOTSTRAP) -> int | None:
     """The local broker JVM's pid (to measure its CPU); None for another broker or when it is not ours."""
     if bootstrap != BOOTSTRAP:
         return None
-    from streams.local_kafka import LocalKafka
+    from agents.local_kafka import LocalKafka
 
     return LocalKafka(root=ROOT).status().pid
 
 
 def kafka_version() -> str:
-    """The broker's version, from its jar name (or the pinned version in kafka/pom.xml)."""
+    """The broker's version, from its jar name (or the pinned version in agents/kafka/pom.xml)."""
     for jar in sorted((ROOT / ".kafka" / "libs").glob("kafka_2.13-*.jar")):
         match = re.fullmatch(r"kafka_2\.13-([0-9.]+)\.jar", jar.name)
         if match:
             return match.group(1)
-    pom = ROOT / "kafka" / "pom.xml"
+    pom = ROOT / "agents" / "kafka" / "pom.xml"
     match = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom.read_text()) if pom.exists() else None
     return match.group(1) if match else "unknown"
 

@@ -52,7 +52,7 @@ class Settings:
     # consumer has one fetch in flight per broker, and partitions whose
     # records it still buffers are left out of it, so their next records wait
     # for this fetch to end: it bounds the latency of every hop (Faust
-    # hard-codes 1,500 ms; see agents.pipeline).
+    # hard-codes 1,500 ms; see agents.worker).
     fetch_max_wait_ms: int = 10
     # Static group membership: a worker restarted under the same instance id
     # takes its partitions back at once instead of waiting out the session.

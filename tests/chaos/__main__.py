@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from streams.local_kafka import LocalKafka
+from agents.local_kafka import LocalKafka
 from tests.chaos.run import ChaosConfig, run_chaos
 
 ROOT = Path(__file__).parents[2]

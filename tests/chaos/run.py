@@ -39,9 +39,9 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
+from agents.local_kafka import LocalKafka
 from agents.logs import KAFKA_LOGGER as KAFKA_LOG
 from agents.topics import delete_prefixed, ensure_topic
-from streams.local_kafka import LocalKafka
 from tests.chaos.ledger import Ledger, Request, Verdict, verify
 from tests.support.recording_appservice import RecordingAppservice
 from tests.support.worker_process import WorkerProcess, write_registration

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from agents.local_cluster import LocalCluster
+from agents.local_kafka import LocalKafka
 from agents.producer import EventProducer
 from agents.topics import delete_prefixed
-from streams.local_cluster import LocalCluster
-from streams.local_kafka import LocalKafka
 from tests.support.recording_appservice import RecordingAppservice
 from tests.support.worker_process import WorkerProcess
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agents.local_kafka import LocalKafka
 from agents.producer import EventProducer
 from agents.topics import delete_prefixed
-from streams.local_kafka import LocalKafka
 from tests.integration.events import message, numbers
 from tests.support.recording_appservice import RecordingAppservice
 from tests.support.worker_process import WorkerProcess, write_registration

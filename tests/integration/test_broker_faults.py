@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
+from agents.local_cluster import LocalCluster
+from agents.local_kafka import LocalKafka
 from agents.producer import EventProducer
 from agents.topics import delete_prefixed, key_partition
-from streams.local_cluster import LocalCluster
-from streams.local_kafka import LocalKafka
 from tests.integration.events import message, numbers
 from tests.support.recording_appservice import RecordingAppservice
 from tests.support.worker_process import WorkerProcess, write_registration

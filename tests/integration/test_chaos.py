@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streams.local_kafka import LocalKafka
+from agents.local_kafka import LocalKafka
 from tests.chaos.run import ChaosConfig, run_chaos
 
 

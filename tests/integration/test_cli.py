@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from agents.local_kafka import LocalKafka
 from agents.topics import delete_prefixed
-from streams.local_kafka import LocalKafka
 from tests.support.worker_process import WorkerProcess, free_port, write_registration
 
 ROOT = Path(__file__).parents[2]

@@ -7,10 +7,10 @@ import uuid
 
 import pytest
 
+from agents.local_kafka import LocalKafka
 from agents.topics import delete_prefixed, ensure_topic, key_partition
 from appservice_streams_synapse.core import members_record, parse_config
 from appservice_streams_synapse.kafka import Publisher, PublishFailed
-from streams.local_kafka import LocalKafka
 from tests.support.ingest_process import committed_records
 
 

@@ -16,10 +16,10 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, TopicPartition
 
+from agents.local_kafka import LocalKafka
 from agents.topics import delete_prefixed, key_partition
 from streams import envelope
 from streams.ingest import firehose_registration
-from streams.local_kafka import LocalKafka
 from tests.integration.events import message
 from tests.support.ingest_process import IngestProcess, committed_records
 from tests.support.recording_appservice import RecordingAppservice

@@ -22,10 +22,10 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from agents.kafka_config import client_config
+from agents.local_kafka import LocalKafka
 from agents.producer import EventProducer
 from agents.topics import delete_prefixed
 from streams.kafka_settings import KafkaSecurity
-from streams.local_kafka import LocalKafka
 from tests.integration.events import message, numbers
 from tests.support.recording_appservice import RecordingAppservice
 from tests.support.worker_process import WorkerProcess, write_registration

@@ -22,8 +22,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from agents.local_kafka import LocalKafka
 from agents.topics import delete_prefixed
-from streams.local_kafka import LocalKafka
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,10 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
+from agents.local_kafka import LocalKafka
 from agents.producer import EventProducer
 from agents.topics import ensure_topic
 from streams.dead_letter import MAX_VALUE_BYTES
-from streams.local_kafka import LocalKafka
 from tests.integration.events import message, numbers
 from tests.integration.test_delivery import Factory, started
 from tests.support.worker_process import WorkerProcess

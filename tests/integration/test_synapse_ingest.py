@@ -32,6 +32,7 @@ import pytest
 import yaml
 from mautrix.appservice import AppService
 
+from agents.local_kafka import LocalKafka
 from agents.topics import delete_prefixed
 from bench.synapse import (
     SERVER_NAME,
@@ -41,7 +42,6 @@ from bench.synapse import (
     register_appservice_user,
     register_user,
 )
-from streams.local_kafka import LocalKafka
 from tests.support.ingest_process import IngestProcess
 from tests.support.recording_appservice import RecordingAppservice
 from tests.support.worker_process import WorkerProcess, free_port

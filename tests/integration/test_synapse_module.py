@@ -29,6 +29,7 @@ import aiohttp
 import pytest
 import yaml
 
+from agents.local_kafka import LocalKafka
 from agents.topics import delete_prefixed
 from bench.synapse import (
     SERVER_NAME,
@@ -39,7 +40,6 @@ from bench.synapse import (
     register_user,
     registration_doc,
 )
-from streams.local_kafka import LocalKafka
 from tests.support.recording_appservice import RecordingAppservice
 from tests.support.worker_process import WorkerProcess, free_port
 

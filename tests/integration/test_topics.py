@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
+from agents.local_kafka import LocalKafka
 from agents.topics import delete_prefixed, ensure_worker_topics
-from streams.local_kafka import LocalKafka
 from streams.settings import Settings, from_environment
 
 

@@ -58,3 +58,15 @@ def test_systemd_restarts_on_failure_but_not_on_a_configuration_error() -> None:
     assert service["Restart"] == "on-failure"
     assert service["RestartPreventExitStatus"] == "2"
     assert service["ExecStart"].split()[1:3] == ["worker", "--registrations"]
+
+
+def test_the_package_carries_every_file_the_local_broker_needs() -> None:
+    """`kafka start` after `pip install`: agents/kafka/* must be package data."""
+    import tomllib
+
+    from agents.local_kafka import KAFKA_FILES
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["agents"]
+    shipped = {path for glob in globs for path in (ROOT / "agents").glob(glob)}
+    needed = set(KAFKA_FILES.iterdir())
+    assert needed and needed <= shipped, sorted(str(p) for p in needed - shipped)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streams.local_cluster import LocalCluster
-from streams.local_kafka import LocalKafka
+from agents.local_cluster import LocalCluster
+from agents.local_kafka import LocalKafka
 
 
 def properties(node: LocalKafka) -> dict[str, str]:

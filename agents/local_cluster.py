@@ -38,7 +38,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from streams.local_kafka import BrokerStatus, LocalKafka, LocalKafkaError, _random_cluster_id, _signal, _wait_exit
+from agents.local_kafka import BrokerStatus, LocalKafka, LocalKafkaError, _random_cluster_id, _signal, _wait_exit
 
 __all__ = ["LocalCluster", "describe"]
 
