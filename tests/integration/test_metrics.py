@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -17,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agents.producer import EventProducer
 from tests.integration.events import message
 from tests.support.recording_appservice import RecordingAppservice
-from tests.support.worker_process import WorkerProcess, free_port, write_registration
+from tests.support.worker_process import WorkerProcess, write_registration
 
 Factory = Callable[[], RecordingAppservice]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -144,14 +143,7 @@ async def test_two_workers_export_disjoint_appservices_and_a_survivor_takes_over
         appservice = appservice_factory()
         await appservice.start()
         write_registration(registrations, appservice_id, appservice.url)
-    other = replace(
-        worker,
-        instance="other",
-        data_dir=tmp_path / "other-data",
-        log_path=tmp_path / "other.log",
-        http_port=free_port(),
-        metrics_port=free_port(),
-    )
+    other = worker.sibling("other", tmp_path)
     worker.start()
     other.start()
     command = [sys.executable, "-m", "agents.cli", "status", "--json", "--registrations", str(registrations)]
