@@ -11,7 +11,7 @@ from collections.abc import Callable
 from agents.metrics import Metrics
 from agents.pipeline import Pipeline
 from streams.delivery import Send
-from streams.machine import Input, Resume, TxnFailed
+from streams.machine import Input, Resume, TxnDeadLettered, TxnFailed, TxnTooLarge
 from streams.matrix import AppserviceID
 from streams.outcome import Outcome as HttpOutcome
 from streams.outcome import as_input
@@ -47,6 +47,9 @@ class Senders:
         task.add_done_callback(lambda _: self._running.pop(key, None))
 
     async def _send(self, send: Send, epoch: int | None) -> None:
+        if send.dead_letter is not None:
+            await self._dead_letter(send, epoch)
+            return
         pipeline = self._pipeline
         registration = pipeline.registrations[send.appservice_id]
         outcome: HttpOutcome | None = None
@@ -63,6 +66,13 @@ class Senders:
             result = TxnFailed(send.txn_id, f"internal error: {type(exc).__name__}", None, random.random())
         if self._metrics is not None:
             self._metrics.transaction_done(send, outcome, time.monotonic() - started)
+        if isinstance(result, TxnTooLarge):
+            log.warning(
+                "appservice %s refused txn %s as too large (%s): delivering it in smaller transactions",
+                send.appservice_id,
+                send.txn_id,
+                result.reason,
+            )
         if isinstance(result, TxnFailed):
             log.info(
                 "appservice %s txn %s attempt %d failed: %s",
@@ -72,6 +82,25 @@ class Senders:
                 result.reason,
             )
         self._settle(send, result, epoch)
+
+    async def _dead_letter(self, send: Send, epoch: int | None) -> None:
+        """Write ``send``'s transaction to the dead-letter topic, retrying until Kafka takes it, then settle.
+
+        The machine waits for ``TxnDeadLettered`` (and asks again after a
+        restart), so giving up would stall the appservice; a repeat writes a
+        second copy, never loses one.
+        """
+        assert send.dead_letter is not None
+        while True:
+            try:
+                await self._pipeline.dead_letter_txn(send.appservice_id, send.txn_id, send.body, send.dead_letter)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("could not dead-letter txn %s of %s; retrying", send.txn_id, send.appservice_id)
+                await asyncio.sleep(REPORT_RETRY_S)
+        self._settle(send, TxnDeadLettered(send.txn_id), epoch)
 
     async def stop(self) -> None:
         for task in list(self._running.values()):

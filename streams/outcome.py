@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from streams.machine import TxnFailed, TxnSucceeded
+from streams.machine import TxnFailed, TxnSucceeded, TxnTooLarge
 from streams.matrix import TxnID
 
 
@@ -86,10 +86,16 @@ def _header_ms(header: str, now_ms: int) -> int | None:
     return max(0, int(when.timestamp() * 1000) - now_ms)
 
 
-def as_input(outcome: Outcome, txn_id: TxnID, *, jitter: float) -> TxnSucceeded | TxnFailed:
+# Answers that say the transaction itself is too large: resending it as it is can never succeed.
+TOO_LARGE = 413
+
+
+def as_input(outcome: Outcome, txn_id: TxnID, *, jitter: float) -> TxnSucceeded | TxnFailed | TxnTooLarge:
     """The machine input for ``outcome`` of sending ``txn_id``."""
     if isinstance(outcome, Delivered):
         return TxnSucceeded(txn_id)
+    if isinstance(outcome, HttpError) and outcome.status == TOO_LARGE:
+        return TxnTooLarge(txn_id, outcome.describe())
     retry_after = outcome.retry_after_ms if isinstance(outcome, HttpError) else None
     return TxnFailed(txn_id, outcome.describe(), retry_after, jitter)
 
