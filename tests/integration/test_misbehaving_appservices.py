@@ -17,10 +17,13 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
+import orjson
 import pytest
 
+from agents.local_kafka import LocalKafka
 from agents.producer import EventProducer
 from tests.integration.events import message, numbers
+from tests.integration.test_poison_records import dead_letters, headers
 from tests.support.recording_appservice import Received, RecordingAppservice
 from tests.support.scrape import Samples, until, value
 from tests.support.worker_process import WorkerProcess, write_registration
@@ -155,3 +158,49 @@ async def test_a_connection_reset_mid_response_is_a_failed_attempt(
     pair.bad.reset_next(4)
     gaps = await misbehave_then_recover(pair, worker, producer, failures=4, reason="connect", status=0)
     assert_backoff(gaps, [2 * UNIT_MS, 4 * UNIT_MS, 8 * UNIT_MS, 16 * UNIT_MS])
+
+
+async def test_413_splits_the_txn_in_halves_and_dead_letters_one_event_still_refused(
+    kafka: LocalKafka, pair: Pair, worker: WorkerProcess, producer: EventProducer
+) -> None:
+    limit, poison = 10, 33  # ``bad`` refuses (413) any txn of more than 10 events, and any holding event 33
+
+    def too_large(received: Received) -> bool:
+        return len(received.events) > limit or poison in numbers(received.events)
+
+    pair.bad.fail_matching(too_large, 1_000, status=413)
+    pair.bad.hold()
+    producer.send_event(message(0, sender="@bad_x:example.org"))
+    producer.flush()
+    await pair.bad.wait_for_requests(1, timeout_s=10)
+    for n in range(1, 61):  # formed into one txn of 60 events behind the held one
+        producer.send_event(message(n, sender="@bad_x:example.org"))
+        producer.send_event(message(1000 + n, sender="@good_y:example.org"))
+    producer.flush()
+    assert numbers(await pair.good.wait_for_events(60, timeout_s=10)) == [1000 + n for n in range(1, 61)]
+    pair.bad.release()
+
+    await pair.bad.wait_for_events(61, timeout_s=20)  # counting refused ones: all of them reached it
+    samples = await until(
+        worker,
+        lambda s: value(s, "appservice_backlog_items", appservice="bad", kind="event") == 0,
+        20,
+        "bad's backlog empty",
+    )
+    delivered = pair.bad.delivered()  # asserts a repeated id always carries the same body
+    accepted = [r for r in delivered if not too_large(r)]
+    assert numbers([e for r in accepted for e in r.events]) == [n for n in range(61) if n != poison]
+    ids = [int(r.txn_id) for r in pair.bad.requests]
+    assert ids == sorted(ids), "txn ids strictly increase, refused or not"
+    refused = [r for r in pair.bad.requests if too_large(r)]
+    assert [len(r.events) for r in refused][:3] == [60, 30, 15], "each refusal halves the txn"
+    assert len({r.txn_id for r in refused}) == len(refused), "a refused txn is never sent again"
+
+    [letter] = dead_letters(kafka.bootstrap, f"{worker.app_id}.dead-letter", 1)
+    assert headers(letter)["reason"] == b"refused_by_appservice"
+    assert b"HTTP 413" in headers(letter)["detail"]
+    assert numbers(orjson.loads(letter.value())["events"]) == [poison]
+    assert value(samples, "appservice_up", appservice="bad") == 1
+    assert value(samples, "dead_letters_total", reason="refused_by_appservice") == 1
+    assert (value(samples, "transactions_failed_total", appservice="bad", reason="4xx") or 0) == len(refused)
+    assert worker.process is not None and worker.process.poll() is None

@@ -75,7 +75,7 @@ class RecordingAppservice:
     _hung: bool = False
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
     _runner: web.AppRunner | None = None
-    _fail_matching: list[tuple[Callable[[Received], bool], int]] = field(default_factory=list)
+    _fail_matching: list[tuple[Callable[[Received], bool], int, int]] = field(default_factory=list)
     pings: list[dict[str, Any]] = field(default_factory=list)
     ping_status: int = 200
     ping_hangs: bool = False
@@ -123,17 +123,17 @@ class RecordingAppservice:
     def reset_next(self, count: int) -> None:
         self._failures.extend([Failure(RESET)] * count)
 
-    def fail_matching(self, predicate: Callable[[Received], bool], times: int) -> None:
-        """Answer 500 to the first ``times`` requests for which ``predicate`` holds."""
-        self._fail_matching.append((predicate, times))
+    def fail_matching(self, predicate: Callable[[Received], bool], times: int, status: int = 500) -> None:
+        """Answer ``status`` to the first ``times`` requests for which ``predicate`` holds."""
+        self._fail_matching.append((predicate, times, status))
 
     def _should_fail(self, received: Received) -> Failure | None:
         if self._failures:
             return self._failures.pop(0)
-        for index, (predicate, times) in enumerate(self._fail_matching):
+        for index, (predicate, times, status) in enumerate(self._fail_matching):
             if times > 0 and predicate(received):
-                self._fail_matching[index] = (predicate, times - 1)
-                return Failure(500)
+                self._fail_matching[index] = (predicate, times - 1, status)
+                return Failure(status)
         return None
 
     async def _ping(self, request: web.Request) -> web.Response:
