@@ -36,6 +36,7 @@ class Senders:
         self._settle = settle
         self._metrics = metrics
         self._running: dict[tuple[AppserviceID, int], asyncio.Task[None]] = {}
+        self._failing: dict[AppserviceID, str] = {}  # why each appservice's latest attempt failed, until one succeeds
 
     def start(self, send: Send, epoch: int | None) -> None:
         """Start ``send``; ``epoch`` is the ownership epoch of the step that asked for it (None: unknown)."""
@@ -74,13 +75,20 @@ class Senders:
                 result.reason,
             )
         if isinstance(result, TxnFailed):
-            log.info(
+            was = self._failing.get(send.appservice_id)
+            self._failing[send.appservice_id] = result.reason
+            # Loud when what is wrong changes while it is DOWN (a 503 becoming a 404); the first failure
+            # is the deliverer's "is DOWN" line, the same one again is routine.
+            log.log(
+                logging.WARNING if was is not None and was != result.reason else logging.INFO,
                 "appservice %s txn %s attempt %d failed: %s",
                 send.appservice_id,
                 send.txn_id,
                 send.attempt,
-                result.reason,
+                result.reason + (f" (was: {was})" if was is not None and was != result.reason else ""),
             )
+        else:
+            self._failing.pop(send.appservice_id, None)
         self._settle(send, result, epoch)
 
     async def _dead_letter(self, send: Send, epoch: int | None) -> None:
