@@ -10,7 +10,9 @@ unit keep each case within seconds.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -204,3 +206,50 @@ async def test_413_splits_the_txn_in_halves_and_dead_letters_one_event_still_ref
     assert value(samples, "dead_letters_total", reason="refused_by_appservice") == 1
     assert (value(samples, "transactions_failed_total", appservice="bad", reason="4xx") or 0) == len(refused)
     assert worker.process is not None and worker.process.poll() is None
+
+
+async def test_a_worker_killed_while_it_dead_letters_a_refused_event_loses_nothing_after_its_restart(
+    kafka: LocalKafka, pair: Pair, worker: WorkerProcess, producer: EventProducer
+) -> None:
+    limit, poison = 10, 33
+
+    def too_large(received: Received) -> bool:
+        return len(received.events) > limit or poison in numbers(received.events)
+
+    pair.bad.fail_matching(too_large, 1_000, status=413)
+    pair.bad.hold()
+    producer.send_event(message(0, sender="@bad_x:example.org"))
+    producer.flush()
+    await pair.bad.wait_for_requests(1, timeout_s=10)
+    for n in range(1, 61):
+        producer.send_event(message(n, sender="@bad_x:example.org"))
+    producer.flush()
+    await asyncio.sleep(1.0)  # let the worker park them behind the held txn: one txn of 60 next
+    pair.bad.release()
+    deadline = time.monotonic() + 20
+    while not any(numbers(r.events) == [poison] for r in pair.bad.requests):  # refused alone: dead-letter next
+        assert time.monotonic() < deadline, "the poison event never went alone"
+        await asyncio.sleep(0.01)
+    worker.kill()
+    worker.start()
+    for n in range(61, 71):  # after the restart, for both
+        producer.send_event(message(n, sender="@bad_x:example.org"))
+        producer.send_event(message(1000 + n, sender="@good_y:example.org"))
+    producer.flush()
+
+    assert numbers(await pair.good.wait_for_events(10, timeout_s=20)) == [1000 + n for n in range(61, 71)]
+    await until(
+        worker,
+        lambda s: (
+            value(s, "appservice_backlog_items", appservice="bad", kind="event") == 0
+            and value(s, "appservice_up", appservice="bad") == 1
+        ),
+        30,
+        "bad's backlog empty",
+    )
+    accepted = [r for r in pair.bad.delivered() if not too_large(r)]  # one body per id, across the restart
+    assert numbers([e for r in accepted for e in r.events]) == [n for n in range(71) if n != poison]
+    ids = [int(r.txn_id) for r in pair.bad.requests]
+    assert ids == sorted(ids), "txn ids strictly increase across the restart"
+    letters = dead_letters(kafka.bootstrap, f"{worker.app_id}.dead-letter", 1)
+    assert letters and all(numbers(orjson.loads(x.value())["events"]) == [poison] for x in letters)
