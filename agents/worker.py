@@ -105,6 +105,8 @@ def create_pipeline(
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 5),
     )
+    # First: Faust builds its producer with its consumer (below), and the class is read then.
+    make_producer_idempotent(app)
     raw: dict[str, Any] = {
         "key_type": bytes,
         "value_type": bytes,
@@ -117,7 +119,6 @@ def create_pipeline(
     table: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "options": ROCKSDB_OPTIONS}
     appservices = app.Table("appservices", partitions=settings.partitions, **table)
     _bound_fetch_wait(app, settings.fetch_max_wait_ms)
-    make_producer_idempotent(app)
     pipeline = Pipeline(
         settings=settings,
         app=app,
