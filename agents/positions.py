@@ -3,7 +3,10 @@
 Faust skips records that reach a stream while flow control is paused (a
 rebalance, table recovery) or that carry a stale generation, and *acks them
 anyway* (``Stream._py_aiter``: "we want to ack the filtered message otherwise
-the lag would increase"). If a commit lands before Faust seeks back, those
+the lag would increase"; its Cython iterator, used when built, drops them
+unacked but acks every other record by writing the consumer's ack lists
+itself, past ``Consumer.ack``: hence ``enable_acks = False`` in
+``agents.batching``). If a commit lands before Faust seeks back, those
 records are committed without ever reaching an agent; if they come back
 later, they come out of order, and the deliverer, which drops any item at or
 below the last input offset it applied, would drop them. The benchmark lost
