@@ -22,7 +22,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from streams.errors import ChangelogDeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +32,6 @@ POLL_S = 0.1
 FLUSH_TIMEOUT_S = 10.0
 
 Record = tuple[int, bytes, bytes | None]  # partition, key, value (None: a tombstone)
-
-
-class ChangelogDeliveryError(Exception):
-    """Kafka refused a changelog record: the state it carries is not durable."""
 
 
 class DeliveryGroup:
@@ -127,12 +125,11 @@ class ChangelogProducer:
         may ack its inputs, and they are replayed by the next owner.
 
         Raises:
-            BufferError: librdkafka's local queue is full (100,000 records: the
-                broker has not taken any for a long while; a caller must treat
-                the group as not durable).
-            KafkaException: a record librdkafka refuses on the spot (over
-                ``message.max.bytes``, say).
-            ChangelogDeliveryError: (from the future) a record was refused.
+            ChangelogDeliveryError: a record librdkafka refuses on the spot
+                (over ``message.max.bytes``, say), or its local queue is full
+                (100,000 records: the broker has not taken any for a long
+                while); a caller must treat the group as not durable. From the
+                future: a record Kafka refused.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[dict[int, int]] = loop.create_future()
@@ -146,8 +143,11 @@ class ChangelogProducer:
             return future
         producer = self._started()
         group = DeliveryGroup(len(records), future, loop, self._refused)
-        for partition, key, value in records:
-            producer.produce(topic, value=value, key=key, partition=partition, on_delivery=group.delivered)
+        try:
+            for partition, key, value in records:
+                producer.produce(topic, value=value, key=key, partition=partition, on_delivery=group.delivered)
+        except (BufferError, KafkaException) as exc:
+            raise ChangelogDeliveryError(f"{topic}[{partition}]: not queued: {exc!r}") from exc
         return future
 
     def _serve_reports(self, producer: Producer) -> None:

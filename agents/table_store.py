@@ -114,11 +114,11 @@ class TableStore:
         in RocksDB, as Faust's own callback does, for warm restarts.
 
         Raises:
-            BufferError, KafkaException: the producer refused a record at once;
-                the records are no longer held here, so the caller must exit
-                without acking (every caller calls ``fatal``).
-            ChangelogDeliveryError: (from the awaitable) Kafka refused a record;
-                the caller must not ack its inputs.
+            ChangelogDeliveryError: the producer refused a record at once; the
+                records are no longer held here, so the caller must exit
+                without acking (every caller calls ``fatal``). From the
+                awaitable: Kafka refused a record; the caller must not ack its
+                inputs.
         """
         async with self._handing_over:
             unsent, self._unsent = self._unsent, []
