@@ -147,7 +147,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     from agents.logs import collapse_library_repeats
 
-    collapse_library_repeats()  # a broker down for 30 s was 3,120 log lines
+    collapse_library_repeats()  # a broker outage floods the log (docs/decisions/collapse-client-log-repeats.md)
     for r in registrations:
         log.info("appservice %s: %s", r.id, "url: null, nothing is sent" if r.url is None else r.url)
     worker = faust.Worker(pipeline.app, loglevel=args.log_level, quiet=True, redirect_stdouts=False)
@@ -155,8 +155,8 @@ def _worker(args: argparse.Namespace) -> int:
     if pipeline.metrics_server is not None:
         import prometheus_client
 
-        # No `_created` series beside every counter and histogram: a third of a scrape's output
-        # and time (a scrape of 50 appservices: ~37 ms → ~24 ms of the worker's interpreter).
+        # No `_created` series beside every counter and histogram: a third of a scrape's output and
+        # time, on the worker's interpreter (docs/decisions/prometheus-created-series.md).
         prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         try:
             pipeline.metrics_server.start()  # before the worker: a wedged start-up is visible too
