@@ -8,6 +8,9 @@ The others, and the full list of hooks and why each exists, are in
   Faust's hard-coded 1,500 ms (a record landing on a partition left out of
   the fetch in flight waits for that fetch to end). Checked on the fetcher of
   a started consumer: the value aiokafka puts in its fetch requests.
+* ``agents.kafka_config.make_producer_idempotent``: the producer Faust
+  starts is idempotent (its aiokafka producer has a transaction manager, which
+  numbers every record it sends).
 * ``Consumer._committed_offset``, read by ``agents.observe`` for the Faust
   group's lag: once the worker committed what it delivered, the inbox lag it
   exports must reach 0 (were the mapping no longer kept, the lag would stay at
@@ -55,6 +58,22 @@ async def test_the_consumer_faust_starts_fetches_with_our_wait(kafka: LocalKafka
         await consumer.stop()
         pipeline.changelog.close()
         await asyncio.to_thread(delete_prefixed, kafka.bootstrap, (settings.app_id, settings.input_topic))
+
+
+async def test_the_producer_faust_starts_is_idempotent(kafka: LocalKafka, tmp_path: Path, run_id: str) -> None:
+    settings = Settings(
+        server_name="hs", registrations_dir=tmp_path, bootstrap_servers=kafka.bootstrap, app_id=f"hooks-{run_id}"
+    )
+    pipeline = create_pipeline(settings, ())
+    producer = pipeline.app.producer
+    await producer.start()
+    try:
+        started = producer._ensure_producer()  # the aiokafka producer Faust sends with
+        assert started._txn_manager is not None, "Faust's producer runs without idempotence"
+        assert started._sender._acks == -1
+    finally:
+        await producer.stop()
+        pipeline.changelog.close()
 
 
 async def test_the_faust_groups_lag_reaches_zero_once_committed(
