@@ -1,10 +1,13 @@
 """The one exception tree of appservice-streams.
 
 ``AppserviceStreamsError`` is the root; below it, faults are split by whose
-they are. Exceptions of the client libraries (confluent-kafka, aiokafka,
-aiohttp, rocksdict) and ``OSError`` are mapped into this tree once, where they
-enter (the seam names the topic, partition, setting or file), so code above a
-seam catches only these. ``agents.cli.exit_code`` maps the tree to exit codes::
+they are. Exceptions of confluent-kafka and rocksdict, ``BufferError`` and
+``OSError`` (ports, files) are mapped into this tree once, where they enter
+(the seam names the topic, partition, setting or file), so code above a seam
+catches only these. aiohttp's client errors become outcomes, never exceptions
+(``agents.appservice_http``); aiokafka's stay inside Faust, and anything that
+escapes an agent ends the worker (``agents.fatal``). ``agents.cli.exit_code``
+maps the tree to exit codes::
 
     AppserviceStreamsError
     ├── ConfigError               the operator's input is wrong            exit 2
