@@ -45,6 +45,8 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from streams.errors import LocalKafkaError
+
 __all__ = ["BrokerStatus", "LocalKafka", "LocalKafkaError"]
 
 log = logging.getLogger(__name__)
@@ -73,10 +75,6 @@ KAFKA_FILES = Path(__file__).resolve().parent / "kafka"
 _MAIN_CLASS = "kafka.Kafka"
 _STORAGE_TOOL_CLASS = "kafka.tools.StorageTool"
 _TAIL_LINES = 40
-
-
-class LocalKafkaError(Exception):
-    """The local broker could not be fetched, formatted, started or stopped."""
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from agents.metrics import Metrics
 from agents.rooms_store import RoomsStore
 from agents.topics import key_partition
 from streams.dead_letter import Reason, dead_letter
+from streams.errors import KafkaRequestFailed
 from streams.interest import Interest
 from streams.matrix import AppserviceID
 from streams.records import encode_routed
@@ -207,7 +208,7 @@ class Router:
                 # then dead for good (a static member fenced after the broker was down longer
                 # than the session): exit 70 rather than run on without routing anything.
                 if error.fatal() or error.code() == KafkaError._FATAL:
-                    raise KafkaException(error)
+                    raise KafkaRequestFailed(f"input consumer: {error}")
                 log.warning("input consumer: %s", error)
                 continue
             partition, offset = message.partition(), message.offset()
@@ -249,7 +250,7 @@ class Router:
         Raises:
             Refused: the broker refused records for a reason a retry will not
                 change (every other record was acknowledged).
-            KafkaException: anything else left unacknowledged (the worker
+            KafkaRequestFailed: anything else left unacknowledged (the worker
                 exits without committing, and the batch is read again).
         """
         s = self._settings
@@ -267,13 +268,13 @@ class Router:
         self.rooms.commit(batch.rooms, acked.changelog_offsets)
 
     def _dead_letter(self, record: InputRecord, reason: Reason, detail: str, producer: Producer) -> None:
-        """Raises: KafkaException when even the (truncated) dead letter is not acknowledged."""
+        """Raises: KafkaRequestFailed when even the (truncated) dead letter is not acknowledged."""
         acked = _Acknowledgements(self._settings.rooms_topic)
         self._produce_dead_letter(record, reason, detail, producer, acked)
         try:
             acked.wait(producer)
         except Refused as exc:
-            raise KafkaException(f"the dead letter of {self._source(record)} was refused too: {exc}") from exc
+            raise KafkaRequestFailed(f"the dead letter of {self._source(record)} was refused too: {exc}") from exc
 
     def _produce_dead_letter(
         self, record: InputRecord, reason: Reason, detail: str, producer: Producer, acked: _Acknowledgements
@@ -416,11 +417,11 @@ class _Acknowledgements:
 
         Raises:
             Refused: some were refused for good, all others acknowledged.
-            KafkaException: some are unacknowledged or failed otherwise.
+            KafkaRequestFailed: some are unacknowledged or failed otherwise.
         """
         remaining = producer.flush(FLUSH_TIMEOUT_S)
         if remaining or self.failed:
-            raise KafkaException(
+            raise KafkaRequestFailed(
                 f"router batch not acknowledged: {remaining} records pending after {FLUSH_TIMEOUT_S} s, "
                 f"failed: {self.failed[:3]}, refused: {self.refused[:3]}"
             )

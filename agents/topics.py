@@ -35,7 +35,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from agents.kafka_config import client_config
-from streams.errors import ConfigError
+from streams.errors import ConfigError, KafkaUnavailable
 from streams.kafka_settings import PLAINTEXT, KafkaSecurity, Replication, TopicReplication, replication_for
 from streams.settings import Settings
 
@@ -54,10 +54,11 @@ def _admin(bootstrap_servers: str, security: KafkaSecurity) -> AdminClient:
 
 
 def _metadata(admin: AdminClient, bootstrap_servers: str, timeout_s: float) -> Any:
+    """Raises: KafkaUnavailable: no answer from ``bootstrap_servers`` within ``timeout_s``."""
     try:
         return admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        raise ConfigError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
+        raise KafkaUnavailable(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
 
 
 def cluster_size(metadata: Any) -> int:
@@ -92,8 +93,10 @@ def ensure_topics(
     was created) is altered to it.
 
     Raises:
-        ConfigError: the broker cannot be reached, refuses a topic, or does
-            not list one within ``timeout_s``.
+        ConfigError: librdkafka refuses the client configuration, or the
+            broker refuses a topic.
+        KafkaUnavailable: the broker cannot be reached, or does not list a
+            topic within ``timeout_s``.
     """
     admin = _admin(bootstrap_servers, security)
     existing = _metadata(admin, bootstrap_servers, timeout_s).topics
@@ -144,7 +147,7 @@ def ensure_topics(
             return listed
         if time.monotonic() > deadline:
             unlisted = [n for n in names if not listed.get(n)]
-            raise ConfigError(f"topics {unlisted} not listed by {bootstrap_servers} after {timeout_s:.0f} s")
+            raise KafkaUnavailable(f"topics {unlisted} not listed by {bootstrap_servers} after {timeout_s:.0f} s")
         time.sleep(0.2)
 
 
@@ -197,7 +200,7 @@ def ensure_topic(
     """``ensure_topics`` for one topic; its partition count.
 
     Raises:
-        ConfigError: as ``ensure_topics``.
+        ConfigError, KafkaUnavailable: as ``ensure_topics``.
     """
     wanted = [(name, partitions, config or {})]
     return ensure_topics(bootstrap_servers, wanted, timeout_s, security=security, replication=replication)[name]
@@ -225,9 +228,10 @@ def ensure_worker_topics(settings: Settings) -> Settings:
     partitions []" for 8 minutes and three restarts, delivering nothing.
 
     Raises:
-        ConfigError: the broker cannot be reached or refuses a topic, the
-            replication asked for does not fit the cluster, or the room
-            changelog has fewer partitions than the input.
+        ConfigError: the broker refuses a topic, the replication asked for
+            does not fit the cluster, or the room changelog has fewer
+            partitions than the input.
+        KafkaUnavailable: as ``ensure_topics``.
     """
     s = settings
     metadata = _metadata(_admin(s.bootstrap_servers, s.kafka_security), s.bootstrap_servers, 30.0)
@@ -273,10 +277,10 @@ def delete_prefixed(
     refuses to delete, is skipped.
 
     Raises:
-        KafkaException: the broker cannot be reached to list the topics.
+        KafkaUnavailable: the broker cannot be reached to list the topics.
     """
     admin = AdminClient(client_config(bootstrap_servers, security))
-    topics = [t for t in admin.list_topics(timeout=timeout_s).topics if t.startswith(prefixes)]
+    topics = [t for t in _metadata(admin, bootstrap_servers, timeout_s).topics if t.startswith(prefixes)]
     if topics:
         for future in admin.delete_topics(topics, operation_timeout=timeout_s).values():
             with contextlib.suppress(KafkaException):
