@@ -42,7 +42,9 @@ log = logging.getLogger("appservice_streams")
 # a running worker ending itself so the next owner redoes its work (agents.fatal).
 EXIT_CODES: tuple[tuple[type[AppserviceStreamsError], int], ...] = (
     (ConfigError, 2),  # a setting or file is wrong; the message names it
-    (KafkaUnavailable, 2),  # at start-up the cluster the settings name does not answer: reported as a setting
+    # At start-up the cluster the settings name does not answer: most often a broker still starting or
+    # restarting, which a restart of the worker does mend (EX_UNAVAILABLE; systemd restarts it, not exit 2).
+    (KafkaUnavailable, 69),
     (BrokerLostData, 2),  # start once with --reset-state
     (InfrastructureError, 1),  # Kafka refused or did not acknowledge; the development broker failed
     (InvariantBroken, EXIT_RESTART),

@@ -18,7 +18,7 @@ maps the tree to exit codes::
     ├── InvariantBroken           our own bug                              exit 70 (agents.fatal)
     │   └── GapDetected             (agents.positions) skipped records did not come back
     └── InfrastructureError       what we depend on failed                 exit 1 (70 in a running worker)
-        ├── KafkaUnavailable        the cluster did not answer at start-up   exit 2, as a setting it names
+        ├── KafkaUnavailable        the cluster did not answer at start-up   exit 69: restart, it may be starting
         ├── KafkaRequestFailed      records refused or unacknowledged, a transaction
         │   │                       not committed, a position not read
         │   └── ChangelogDeliveryError  a table's changelog record: the state is not durable
