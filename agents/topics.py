@@ -45,7 +45,10 @@ log = logging.getLogger(__name__)
 ONE_REPLICA = TopicReplication(1, 1)
 
 
-_REFUSED = {KafkaError._AUTHENTICATION, KafkaError._SSL}  # the broker answered and refused us
+# The broker answered, and we could not agree: its SASL check, or the TLS handshake (a broker
+# certificate our CA did not sign, say). A client certificate the broker refuses looks like
+# any closed connection to librdkafka (_TRANSPORT), so it stays "cannot reach".
+_REFUSED = {KafkaError._AUTHENTICATION, KafkaError._SSL}
 
 
 class _Admin(AdminClient):
@@ -83,14 +86,11 @@ def _metadata(admin: _Admin, bootstrap_servers: str, timeout_s: float) -> Any:
         admin.poll(0)  # serves error_cb
         if admin.refusals:
             error = admin.refusals[-1]
-            names = (
-                "KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
-                if error.code() == KafkaError._AUTHENTICATION
-                else "KAFKA_SECURITY_PROTOCOL and KAFKA_SSL_*"
-            )
-            raise ConfigError(
-                f"Kafka at {bootstrap_servers} refused the worker: {error.str()} (check {names})"
-            ) from exc
+            if error.code() == KafkaError._AUTHENTICATION:
+                what, names = "refused the worker", "KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            else:
+                what, names = "failed the TLS handshake", "KAFKA_SSL_CA_LOCATION and KAFKA_SECURITY_PROTOCOL"
+            raise ConfigError(f"Kafka at {bootstrap_servers} {what}: {error.str()} (check {names})") from exc
         raise ConfigError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
 
 

@@ -271,3 +271,31 @@ def test_a_wrong_scram_password_stops_the_worker_at_start_up_with_one_line_and_e
     print(line)
     assert address in line and "authentication" in line.lower(), line
     assert wrong not in result.stderr
+
+
+def test_a_worker_that_does_not_trust_the_brokers_certificate_stops_with_one_line_and_exit_2(
+    secured: tuple[LocalKafka, str, KafkaSecurity], tmp_path: Path, registrations: Path, run_id: str
+) -> None:
+    _, address, security = secured
+    other = tmp_path / "other-ca"
+    make_certificates(other)  # a CA that did not sign the broker's certificate
+    write_registration(registrations, "alpha", "http://127.0.0.1:9")
+    assert security.ssl_certificate_location and security.ssl_key_location
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": address,
+        **_security_env(security),
+        "KAFKA_SSL_CA_LOCATION": str(other / "ca.pem"),
+        "KAFKA_SSL_CERTIFICATE_LOCATION": str(security.ssl_certificate_location),
+        "KAFKA_SSL_KEY_LOCATION": str(security.ssl_key_location),
+        "APPSERVICE_STREAMS_APP_ID": f"secured-ca-{run_id}",
+        "APPSERVICE_STREAMS_HTTP_PORT": "0",
+        "APPSERVICE_STREAMS_METRICS_PORT": "0",
+    }
+    result = run("worker", "--registrations", str(registrations), env=env, timeout_s=90)
+    assert result.returncode == 2, result.stderr
+    # librdkafka's own lines (3 here: the handshake failure in two wordings) come first; ours is the one other.
+    assert "Traceback" not in result.stderr, result.stderr
+    ours = [line for line in result.stderr.splitlines() if line.strip() and " librdkafka: " not in line]
+    assert len(ours) == 1, result.stderr
+    print(ours[0])
+    assert f"Kafka at {address} failed the TLS handshake" in ours[0] and "KAFKA_SSL_CA_LOCATION" in ours[0], ours[0]
