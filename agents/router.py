@@ -83,6 +83,8 @@ class Router:
         # input partition → the offset after the last record routed (or marker passed)
         self._routed_to: dict[int, int] = {}
         self._committed_at = 0.0  # time.monotonic() of the last commit
+        # Commits failed since the last that succeeded: only the first of a streak is logged.
+        self._failed_commits = 0
         self.started = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -292,8 +294,11 @@ class Router:
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         # Runs inside poll/consume, on the router thread.
         if error is not None:
-            log.info("router commit failed (%s); committing again when idle", error)
+            self._commit_failed(error)
             return
+        if self._failed_commits:
+            log.info("router commits succeed again, after %d failed", self._failed_commits)
+            self._failed_commits = 0
         for tp in partitions:
             if tp.error is None and self._uncommitted.get(tp.partition) == tp.offset:
                 del self._uncommitted[tp.partition]
@@ -325,7 +330,17 @@ class Router:
                 else:
                     consumer.commit(offsets=offsets, asynchronous=False)
             except KafkaException as exc:
-                log.info("router commit failed (%s); committing again when idle, if still assigned", exc)
+                self._commit_failed(exc)
+
+    def _commit_failed(self, error: object) -> None:
+        """Log the first failure of a streak; count the rest (the broker down 20 s: 90 lines → 1)."""
+        self._failed_commits += 1
+        if self._failed_commits == 1:
+            log.info(
+                "router commit failed (%s); committing again when idle, if still assigned"
+                " (further failures are counted until one succeeds)",
+                error,
+            )
 
     def _pin_start(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Commit the end of each assigned partition the group never committed, under ``start_from: latest``.

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from aiokafka.partitioner import murmur2
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     AlterConfigOpType,
@@ -45,19 +45,53 @@ log = logging.getLogger(__name__)
 ONE_REPLICA = TopicReplication(1, 1)
 
 
-def _admin(bootstrap_servers: str, security: KafkaSecurity) -> AdminClient:
+# The broker answered, and we could not agree: its SASL check, or the TLS handshake (a broker
+# certificate our CA did not sign, say). A client certificate the broker refuses looks like
+# any closed connection to librdkafka (_TRANSPORT), so it stays "cannot reach".
+_REFUSED = {KafkaError._AUTHENTICATION, KafkaError._SSL}
+
+
+class _Admin(AdminClient):
+    """An admin client that keeps the broker's refusals (wrong credentials, a failed TLS handshake)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.refusals: list[KafkaError] = []
+        with_callback: dict[str, Any] = {**config, "error_cb": self._on_error}
+        super().__init__(with_callback)
+
+    def _on_error(self, error: KafkaError) -> None:  # from poll(): never raises
+        if error.code() in _REFUSED:
+            self.refusals.append(error)
+
+
+def _admin(bootstrap_servers: str, security: KafkaSecurity) -> _Admin:
     """Raises: ConfigError: librdkafka refuses the configuration (a TLS key it cannot read, say)."""
     try:
-        return AdminClient(client_config(bootstrap_servers, security))
+        return _Admin(client_config(bootstrap_servers, security))
     except KafkaException as exc:
         raise ConfigError(f"cannot configure a Kafka client for {bootstrap_servers}: {exc}") from exc
 
 
-def _metadata(admin: AdminClient, bootstrap_servers: str, timeout_s: float) -> Any:
-    """Raises: KafkaUnavailable: no answer from ``bootstrap_servers`` within ``timeout_s``."""
+def _metadata(admin: _Admin, bootstrap_servers: str, timeout_s: float) -> Any:
+    """The cluster's metadata.
+
+    Raises:
+        ConfigError: the broker refused our credentials or TLS handshake (the
+            line says so and names the variables, rather than librdkafka's
+            "Broker transport failure"): a restart cannot mend it.
+        KafkaUnavailable: no answer from ``bootstrap_servers`` within ``timeout_s``.
+    """
     try:
         return admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
+        admin.poll(0)  # serves error_cb
+        if admin.refusals:
+            error = admin.refusals[-1]
+            if error.code() == KafkaError._AUTHENTICATION:
+                what, names = "refused the worker", "KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            else:
+                what, names = "failed the TLS handshake", "KAFKA_SSL_CA_LOCATION and KAFKA_SECURITY_PROTOCOL"
+            raise ConfigError(f"Kafka at {bootstrap_servers} {what}: {error.str()} (check {names})") from exc
         raise KafkaUnavailable(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
 
 
@@ -279,7 +313,7 @@ def delete_prefixed(
     Raises:
         KafkaUnavailable: the broker cannot be reached to list the topics.
     """
-    admin = AdminClient(client_config(bootstrap_servers, security))
+    admin = _admin(bootstrap_servers, security)
     topics = [t for t in _metadata(admin, bootstrap_servers, timeout_s).topics if t.startswith(prefixes)]
     if topics:
         for future in admin.delete_topics(topics, operation_timeout=timeout_s).values():

@@ -79,7 +79,7 @@ def test_the_cli_maps_the_tree_to_exit_codes(exc: AppserviceStreamsError, code: 
 
 
 def test_an_unreachable_cluster_at_start_up_is_kafka_unavailable_naming_the_servers() -> None:
-    admin = SimpleNamespace(list_topics=refused)
+    admin = SimpleNamespace(list_topics=refused, poll=lambda timeout: 0, refusals=[])
     with pytest.raises(KafkaUnavailable, match="cannot reach Kafka at k1:9092") as caught:
         topics._metadata(admin, "k1:9092", 1.0)
     assert isinstance(caught.value.__cause__, KafkaException)
