@@ -24,6 +24,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from agents.thread_names import name_this_thread
+
 log = logging.getLogger(__name__)
 
 POLL_S = 0.1
@@ -151,6 +153,7 @@ class ChangelogProducer:
         return future
 
     def _serve_reports(self, producer: Producer) -> None:
+        name_this_thread("changelog-poll")
         try:
             while not self._stopping.is_set():
                 producer.poll(POLL_S)  # raises what a delivery callback raised

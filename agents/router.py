@@ -44,6 +44,7 @@ from agents.fatal import fatal
 from agents.kafka_config import confluent_config, confluent_producer_config
 from agents.metrics import Metrics
 from agents.rooms_store import RoomsStore
+from agents.thread_names import name_this_thread
 from agents.topics import key_partition
 from streams.dead_letter import Reason, dead_letter
 from streams.interest import Interest
@@ -101,6 +102,7 @@ class Router:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
+        name_this_thread("router")
         try:
             self._loop()
         except Exception as exc:

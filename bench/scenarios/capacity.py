@@ -23,7 +23,7 @@ from bench.load import LoadGenerator
 from bench.progress import Progress
 from bench.results import ScenarioResult, Target
 from bench.rig import Rig
-from bench.scenarios.common import Context, CpuMeter, Sizes, cpu_us_per, names
+from bench.scenarios.common import Context, CpuMeter, Sizes, ThreadMeter, cpu_us_per, names
 from bench.scenarios.common import samples as to_samples
 from bench.scenarios.latency import TARGET_P50_MS, TARGET_P99_MS
 from bench.stats import Summary, summarize
@@ -40,6 +40,7 @@ class Step:
     txns: int
     events_in_txns: int
     worker_cpu_s: float
+    worker_cpu_s_by_thread: dict[str, float]
     worker_cores: float
     broker_cores: float | None
 
@@ -98,12 +99,14 @@ def _step(
     txns0, events0 = _delivered_txns(rig)
     progress = Progress(f"capacity: offering {rate:,.0f}/s", max(1, int(rate * sizes.capacity_step_s)), "ev")
     meter = CpuMeter([worker_pid] + ([broker] if broker is not None else []))
+    by_thread = ThreadMeter(worker_pid)
     generator.stats.started_ns = 0  # each step's times count from its own start
     generator.paced(appservices, rate, sizes.capacity_step_s, progress=progress.update)
     progress.close()
     produced = generator.stats.produced
     rig.wait_delivered(produced, ctx.patience(60.0 + sizes.capacity_step_s), f"{rate:,.0f}/s drain", stall_s=10.0)
     cores = meter.stop()
+    threads = by_thread.stop()
     txns1, events1 = _delivered_txns(rig)
     got = to_samples(rig.sinks.events(), generator.stats.started_ns)
     rows = [(t, ms) for t, ms, seq in zip(got.t_s, got.latency_ms, got.seq, strict=True) if seq >= first_seq]
@@ -115,6 +118,7 @@ def _step(
         txns=txns1 - txns0,
         events_in_txns=events1 - events0,
         worker_cpu_s=meter.seconds[0],
+        worker_cpu_s_by_thread=threads,
         worker_cores=cores[0],
         broker_cores=cores[1] if broker is not None else None,
     )
@@ -134,6 +138,8 @@ def _add_step(result: ScenarioResult, step: Step) -> None:
     result.add(f"p99 {at}", None if s is None else s.p99, "ms")
     result.add(f"worker CPU per delivered txn {at}", cpu_us_per(step.worker_cpu_s, step.txns), "µs")
     result.add(f"worker CPU per delivered event {at}", cpu_us_per(step.worker_cpu_s, step.events_in_txns), "µs")
+    for group, used in step.worker_cpu_s_by_thread.items():
+        result.add(f"worker CPU per delivered txn {at}: {group}", cpu_us_per(used, step.txns), "µs")
     result.add(f"events per txn {at}", step.events_in_txns / step.txns if step.txns else None, "events")
     result.add(f"worker CPU {at}", step.worker_cores, "cores")
     result.add(f"broker CPU {at}", step.broker_cores, "cores")

@@ -265,6 +265,35 @@ class CpuMeter:
         return self.cores
 
 
+# A worker's threads, grouped: what each would take along if it moved (the router to a process of its own, say).
+THREAD_GROUPS = ("main thread", "router thread", "other Python threads", "librdkafka threads")
+
+
+def thread_group(pid: int, tid: int, name: str) -> str:
+    """Which of ``THREAD_GROUPS`` a worker thread is in (the router names itself, librdkafka's are ``rdk:…``)."""
+    if tid == pid:
+        return THREAD_GROUPS[0]
+    if name == "router":
+        return THREAD_GROUPS[1]
+    if name.startswith("rdk:"):
+        return THREAD_GROUPS[3]
+    return THREAD_GROUPS[2]
+
+
+class ThreadMeter:
+    """CPU seconds per ``THREAD_GROUPS`` of one process between creation and ``stop`` (threads that ended are lost)."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._before = procs.thread_cpu_seconds(pid)
+
+    def stop(self) -> dict[str, float]:
+        used = dict.fromkeys(THREAD_GROUPS, 0.0)
+        for (tid, name), seconds in procs.thread_cpu_seconds(self._pid).items():
+            used[thread_group(self._pid, tid, name)] += seconds - self._before.get((tid, name), 0.0)
+        return used
+
+
 def cpu_us_per(cpu_s: float, count: int) -> float | None:
     """Microseconds of CPU per item (per delivered txn, per event); None when nothing was delivered."""
     return 1e6 * cpu_s / count if count else None

@@ -21,6 +21,7 @@ from bench.scenarios.common import (
     Context,
     CpuMeter,
     Sizes,
+    ThreadMeter,
     after_warmup,
     bin_series,
     cpu_us_per,
@@ -56,6 +57,7 @@ class Measured:
     # The worker's process CPU time (all its threads) over the run and its drain, per delivered txn / event.
     cpu_us_per_txn: float | None = None
     cpu_us_per_event: float | None = None
+    cpu_us_per_txn_by_thread: dict[str, float | None] = dataclasses.field(default_factory=dict)
 
 
 def measure(
@@ -82,6 +84,7 @@ def measure(
         broker = broker_pid(ctx.bootstrap)
         # The broker shares the machine's two cores: its CPU is part of each request's cost.
         meter = CpuMeter([pid, rig.sinks.pid()] + ([broker] if broker is not None else []))
+        by_thread = ThreadMeter(pid)
         generator.paced(appservices, sizes.rate, sizes.duration_s, progress=progress.update)
         progress.close()
         if result is not None:
@@ -91,6 +94,7 @@ def measure(
             offered, ctx.patience(60.0 + sizes.duration_s), "last deliveries", names=measured, stall_s=10.0
         )
         cores = meter.stop()
+        threads = by_thread.stop()
         start_ns = generator.stats.started_ns
         elapsed = (generator.stats.finished_ns - start_ns) / 1e9
         events = rig.sinks.events()
@@ -122,6 +126,7 @@ def measure(
             inbox_per_txn=inbox,
             cpu_us_per_txn=cpu_us_per(meter.seconds[0], txns),
             cpu_us_per_event=cpu_us_per(meter.seconds[0], in_txns),
+            cpu_us_per_txn_by_thread={group: cpu_us_per(used, txns) for group, used in threads.items()},
         )
 
 
@@ -148,6 +153,8 @@ def _add_common(result: ScenarioResult, m: Measured, note: str = "") -> None:
     result.add("worker CPU", m.worker_cores, "cores")
     result.add("worker CPU per delivered txn", m.cpu_us_per_txn, "µs", note="process CPU time ÷ txns answered 200")
     result.add("worker CPU per delivered event", m.cpu_us_per_event, "µs")
+    for group, us in m.cpu_us_per_txn_by_thread.items():
+        result.add(f"worker CPU per delivered txn: {group}", us, "µs")
     result.add("sink process CPU", m.sink_cores, "cores")
     result.add("broker CPU", m.broker_cores, "cores")
     result.add("changelog records per txn", m.changelog_per_txn, "records")
