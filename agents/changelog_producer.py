@@ -3,9 +3,9 @@
 The deliverer writes several changelog records per transaction (state,
 stored txn, backlog chunks, deletes) and waits for Kafka to acknowledge them
 before it sends. Through Faust's producer (aiokafka, pure Python) each record
-cost ~0.1 ms of the worker's one interpreter in accumulating, request
-building and future resolution: a sixth of its CPU at 2,000 events/s.
-librdkafka does that in C, on its own threads.
+cost the worker's one interpreter its accumulating, request building and
+future resolution; librdkafka does that in C, on its own threads
+(docs/decisions/2026-11-29-changelog-through-confluent-kafka.md).
 
 ``produce(topic, records)`` queues a group of records and returns a future
 for all of them: it resolves, on the event loop, to each partition's last
@@ -83,7 +83,8 @@ class DeliveryGroup:
 
 # What the changelog's producer adds to agents.kafka_config.producer_config
 # (acks=all, idempotent): a record waits for no batch-mate, batches form by
-# themselves while earlier requests are in flight. (2 ms measured no better.)
+# themselves while earlier requests are in flight. Lingering saved no request and
+# delayed every acknowledgement (docs/decisions/2026-11-29-changelog-linger-0.md).
 CHANGELOG_PRODUCER: dict[str, Any] = {"linger.ms": 0}
 
 

@@ -8,9 +8,10 @@ folded stacks into the frames with the most samples, self and inclusive.
 Only the thread holding the GIL is sampled: the worker is bound by its one
 interpreter, so the tables say where the interpreter's time goes. Sampling
 every thread counted threads blocked in C as busy (the router waiting in
-``Producer.flush`` came out as 12 % of all samples, the top frame after
-``select``). Time in librdkafka's own threads is not in the samples; the
-scenarios' "CPU per delivered txn" figures by thread group have it.
+``Producer.flush`` came out as a top frame; see
+docs/decisions/2026-12-02-profile-the-gil.md). Time in librdkafka's own
+threads is not in the samples; the scenarios' "CPU per delivered txn"
+figures by thread group have it.
 """
 
 from __future__ import annotations

@@ -218,8 +218,8 @@ def _isolation_point(ctx: Context, sizes: Sizes, result: ScenarioResult, label: 
     """Hung runs and reference runs, alternating, ``rounds`` of each; their medians compared.
 
     The two p99s come from separate runs at the worker's saturation point and
-    each moves a lot between runs on a shared machine (270-920 ms here), so
-    one of each gives a ratio anywhere from 0.5 to 1.8. Alternating spreads
+    each moves a lot between runs on a shared machine, so one of each gives
+    a ratio far either side of 1 (docs/decisions/2026-11-29-bench-isolation-rounds.md). Alternating spreads
     the machine's drift over both sides. Scenario latency's run of this
     invocation, if any, is the first reference. ``max``, ``mean`` and the
     other rows of ``_add_common`` are the first hung run's.
