@@ -4,8 +4,8 @@ The deliverer writes several changelog records per transaction (state,
 stored txn, backlog chunks, deletes) and waits for Kafka to acknowledge them
 before it sends. Through Faust's producer (aiokafka, pure Python) each record
 cost the worker's one interpreter its accumulating, request building and
-future resolution; librdkafka does that in C, on its own threads (figures:
-docs/decisions/changelog-producer.md).
+future resolution; librdkafka does that in C, on its own threads
+(docs/decisions/changelog-producer.md).
 
 ``produce(topic, records)`` queues a group of records and returns a future
 for all of them: it resolves, on the event loop, to each partition's last
@@ -24,6 +24,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from agents.thread_names import name_this_thread
 from streams.errors import ChangelogDeliveryError
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,8 @@ class DeliveryGroup:
 
 # What the changelog's producer adds to agents.kafka_config.producer_config
 # (acks=all, idempotent): a record waits for no batch-mate, batches form by
-# themselves while earlier requests are in flight (2 ms measured no better:
-# docs/decisions/changelog-producer.md).
+# themselves while earlier requests are in flight. Lingering saved no request and
+# delayed every acknowledgement (docs/decisions/changelog-producer.md).
 CHANGELOG_PRODUCER: dict[str, Any] = {"linger.ms": 0}
 
 
@@ -152,6 +153,7 @@ class ChangelogProducer:
         return future
 
     def _serve_reports(self, producer: Producer) -> None:
+        name_this_thread("changelog-poll")
         try:
             while not self._stopping.is_set():
                 producer.poll(POLL_S)  # raises what a delivery callback raised

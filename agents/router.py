@@ -2,8 +2,8 @@
 
 It runs on its own thread with confluent-kafka, in its own consumer group
 (``<app>-router``), not as a Faust agent: Faust's per-record path (fetcher,
-conductor, stream, event) cost about 60 µs of the one core per input event
-and capped a worker below 10,000 events/s before any work was done, and its
+conductor, stream, event) capped a worker's input rate before any work was
+done (docs/decisions/router-outside-faust.md), and its
 skip-and-ack behaviour during rebalances (see ``agents.positions``) does not
 exist here. The Faust agents still own the inbox and the appservice tables.
 
@@ -44,6 +44,7 @@ from agents.fatal import fatal
 from agents.kafka_config import confluent_config, confluent_producer_config
 from agents.metrics import Metrics
 from agents.rooms_store import RoomsStore
+from agents.thread_names import name_this_thread
 from agents.topics import key_partition
 from streams.dead_letter import Reason, dead_letter
 from streams.errors import KafkaRequestFailed
@@ -104,6 +105,7 @@ class Router:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
+        name_this_thread("router")
         try:
             self._loop()
         except Exception as exc:
@@ -132,9 +134,8 @@ class Router:
             "fetch.wait.max.ms": s.fetch_max_wait_ms,
             "session.timeout.ms": int(s.session_timeout_s * 1000),
             "heartbeat.interval.ms": int(min(3.0, s.session_timeout_s / 5) * 1000),
-            # librdkafka pre-fetches up to 64 MB by default. Measured (bench
-            # throughput, 1 worker): 8 MB gave 12.3k events/s at 200 MB peak
-            # RSS, 32 MB 19.4k at 247 MB, 64 MB 18.2k at 291 MB.
+            # librdkafka pre-fetches up to 64 MB by default; 32 MB kept its
+            # throughput at less memory (docs/decisions/router-outside-faust.md).
             "queued.max.messages.kbytes": 32 * 1024,
             "on_commit": self._on_commit,
         }
@@ -308,7 +309,8 @@ class Router:
 
         At most once per ``commit_interval_s`` under load, at once when idle
         or on revocation: a commit per batch was an OffsetCommit request per
-        few events at 2,000 events/s, on a broker that shares the worker's cores.
+        few events under load, on a broker that shares the worker's cores
+        (docs/decisions/router-commit-interval.md).
         Nothing is lost by committing late (a replayed record's items are
         dropped as duplicates by the deliverer), but the group's lag would show
         records as pending. A failed commit is left in ``_uncommitted`` and

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from bench.procs import ROOT
 
-BOOTSTRAP = "127.0.0.1:9092"
+if TYPE_CHECKING:
+    from agents.local_kafka import LocalKafka
+
+# The dev broker's port, as for `appservice-streams kafka start` and the tests (the controller takes the next one).
+PORT = int(os.environ.get("APPSERVICE_STREAMS_KAFKA_PORT") or 9092)
+BOOTSTRAP = f"127.0.0.1:{PORT}"
+
+
+def _local() -> LocalKafka:
+    from agents.local_kafka import LocalKafka
+
+    return LocalKafka(root=ROOT, port=PORT, controller_port=PORT + 1)
 
 
 def ensure_running(bootstrap: str = BOOTSTRAP) -> None:
@@ -22,18 +35,14 @@ def ensure_running(bootstrap: str = BOOTSTRAP) -> None:
     """
     if bootstrap != BOOTSTRAP:
         return
-    from agents.local_kafka import LocalKafka
-
-    LocalKafka(root=ROOT).start()
+    _local().start()
 
 
 def broker_pid(bootstrap: str = BOOTSTRAP) -> int | None:
     """The local broker JVM's pid (to measure its CPU); None for another broker or when it is not ours."""
     if bootstrap != BOOTSTRAP:
         return None
-    from agents.local_kafka import LocalKafka
-
-    return LocalKafka(root=ROOT).status().pid
+    return _local().status().pid
 
 
 def kafka_version() -> str:

@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help=f"isolation: hung runs, alternating with reference runs, medians compared (default {d.isolation_rounds})",
     )
+    size.add_argument(
+        "--capacity-rates",
+        type=float,
+        nargs="+",
+        help=f"capacity: rates offered in turn, stopping at the first that misses (default {d.capacity_rates})",
+    )
+    size.add_argument(
+        "--capacity-step", type=float, help=f"capacity: seconds of load per rate (default {d.capacity_step_s:g})"
+    )
     size.add_argument("--catchup-events", type=int, help=f"catch-up: events parked (default {d.catchup_events:,})")
     size.add_argument(
         "--catchup-retry-unit-ms", type=int, help=f"catch-up: backoff unit (default {d.catchup_retry_unit_ms})"
@@ -104,6 +113,8 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "isolation_rounds": args.isolation_rounds,
+        "capacity_rates": tuple(args.capacity_rates) if args.capacity_rates else None,
+        "capacity_step_s": args.capacity_step,
         "catchup_events": args.catchup_events,
         "catchup_retry_unit_ms": args.catchup_retry_unit_ms,
         "recovery_events": args.recovery_events,

@@ -160,6 +160,25 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def thread_cpu_seconds(pid: int) -> dict[tuple[int, str], float]:
+    """User + system CPU time so far of each live thread of ``pid``, by (thread id, OS name)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[tuple[int, str], float] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended
+        name = stat[stat.find("(") + 1 : stat.rfind(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        out[(int(task.name), name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
 def dir_size_mb(path: Path) -> float:
     total = 0
     for item in path.rglob("*"):

@@ -1,9 +1,17 @@
 """Sampling a worker with py-spy while a scenario runs, and reading the samples as top-N tables.
 
-``Profiler(pid, folder).start()`` runs ``py-spy record --format raw`` (folded
-stacks: ``frame;frame;frame count``) until ``stop()``, and also writes a
-flame graph SVG from the same samples. ``top_frames`` is pure: it turns
+``Profiler(pid, folder).start()`` runs ``py-spy record --gil --format raw``
+(folded stacks: ``frame;frame;frame count``) until ``stop()``, and also writes
+a flame graph SVG from the same samples. ``top_frames`` is pure: it turns
 folded stacks into the frames with the most samples, self and inclusive.
+
+Only the thread holding the GIL is sampled: the worker is bound by its one
+interpreter, so the tables say where the interpreter's time goes. Sampling
+every thread counted threads blocked in C as busy (the router waiting in
+``Producer.flush`` came out as a top frame; see
+docs/decisions/profile-the-gil.md). Time in librdkafka's own
+threads is not in the samples; the scenarios' "CPU per delivered txn"
+figures by thread group have it.
 """
 
 from __future__ import annotations
@@ -134,7 +142,7 @@ class Profiler:
         if executable is None:
             return False
         for output, fmt in ((self.raw, "raw"), (self.svg, "flamegraph")):
-            args = [executable, "record", "--pid", str(self.pid), "--rate", str(self.rate_hz), "--nonblocking"]
+            args = [executable, "record", "--pid", str(self.pid), "--rate", str(self.rate_hz), "--nonblocking", "--gil"]
             args += ["--format", fmt, "--output", str(output)]
             self._processes.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         return True

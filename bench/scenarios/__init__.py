@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bench.results import ScenarioResult
-from bench.scenarios import catchup, latency, memory, recovery, synapse, throughput
+from bench.scenarios import capacity, catchup, latency, memory, recovery, synapse, throughput
 from bench.scenarios.common import QUICK, Context, Sizes
 
 Scenario = Callable[[Context, Sizes], ScenarioResult]
@@ -13,6 +13,7 @@ Scenario = Callable[[Context, Sizes], ScenarioResult]
 SCENARIOS: dict[str, Scenario] = {
     "throughput": throughput.run,
     "latency": latency.run,
+    "capacity": capacity.run,
     "catch-up": catchup.run,
     "isolation": latency.run_isolation,
     "recovery": recovery.run,

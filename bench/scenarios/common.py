@@ -38,6 +38,10 @@ class Sizes:
     memory_appservices: int = 8
     repeat: int = 1
     isolation_rounds: int = 3  # at the main rate: hung runs alternating with reference runs, medians compared
+    # capacity: rates offered in turn to one worker, lowest first, until one misses the latency targets
+    capacity_rates: tuple[float, ...] = (250.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0)
+    capacity_step_s: float = 10.0
+    capacity_warmup_s: float = 1.0
     synapse_rate: float = 40.0  # synapse (opt-in): live messages/s through Synapse's client API
     synapse_live_s: float = 30.0
     synapse_outages: tuple[int, ...] = (500, 10_000)  # messages sent while the appservice is down
@@ -59,6 +63,9 @@ QUICK = Sizes(
     memory_steps=1,
     memory_appservices=4,
     isolation_rounds=1,
+    capacity_rates=(250.0, 500.0),
+    capacity_step_s=1.0,
+    capacity_warmup_s=0.2,
     synapse_live_s=2.0,
     synapse_outages=(50,),
 )
@@ -241,18 +248,55 @@ def duplicates_and_missing(delivered_seqs: Sequence[int], produced: int) -> tupl
 
 
 class CpuMeter:
-    """CPU cores used by some processes between ``start`` and ``stop`` (1.0 = one core busy)."""
+    """CPU used by some processes between creation and ``stop``: cores (1.0 = one core busy) and seconds."""
 
     def __init__(self, pids: Sequence[int]) -> None:
         self._pids = list(pids)
         self._cpu0 = [procs.cpu_seconds(p) or 0.0 for p in self._pids]
         self._t0 = time.monotonic()
         self.cores: list[float] = []
+        self.seconds: list[float] = []  # process CPU time (user + system) per pid
 
     def stop(self) -> list[float]:
+        """The cores per pid (``seconds`` holds the CPU time behind them)."""
         wall = max(1e-9, time.monotonic() - self._t0)
-        self.cores = [((procs.cpu_seconds(p) or c0) - c0) / wall for p, c0 in zip(self._pids, self._cpu0, strict=True)]
+        self.seconds = [(procs.cpu_seconds(p) or c0) - c0 for p, c0 in zip(self._pids, self._cpu0, strict=True)]
+        self.cores = [used / wall for used in self.seconds]
         return self.cores
+
+
+# A worker's threads, grouped: what each would take along if it moved (the router to a process of its own, say).
+THREAD_GROUPS = ("main thread", "router thread", "other Python threads", "librdkafka threads")
+
+
+def thread_group(pid: int, tid: int, name: str) -> str:
+    """Which of ``THREAD_GROUPS`` a worker thread is in (the router names itself, librdkafka's are ``rdk:…``)."""
+    if tid == pid:
+        return THREAD_GROUPS[0]
+    if name == "router":
+        return THREAD_GROUPS[1]
+    if name.startswith("rdk:"):
+        return THREAD_GROUPS[3]
+    return THREAD_GROUPS[2]
+
+
+class ThreadMeter:
+    """CPU seconds per ``THREAD_GROUPS`` of one process between creation and ``stop`` (threads that ended are lost)."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._before = procs.thread_cpu_seconds(pid)
+
+    def stop(self) -> dict[str, float]:
+        used = dict.fromkeys(THREAD_GROUPS, 0.0)
+        for (tid, name), seconds in procs.thread_cpu_seconds(self._pid).items():
+            used[thread_group(self._pid, tid, name)] += seconds - self._before.get((tid, name), 0.0)
+        return used
+
+
+def cpu_us_per(cpu_s: float, count: int) -> float | None:
+    """Microseconds of CPU per item (per delivered txn, per event); None when nothing was delivered."""
+    return 1e6 * cpu_s / count if count else None
 
 
 def start_profile(ctx: Context, pid: int, label: str) -> Profiler | None:

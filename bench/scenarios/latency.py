@@ -21,8 +21,10 @@ from bench.scenarios.common import (
     Context,
     CpuMeter,
     Sizes,
+    ThreadMeter,
     after_warmup,
     bin_series,
+    cpu_us_per,
     duplicates_and_missing,
     finish_profile,
     names,
@@ -52,6 +54,10 @@ class Measured:
     broker_cores: float | None = None
     changelog_per_txn: float | None = None
     inbox_per_txn: float | None = None
+    # The worker's process CPU time (all its threads) over the run and its drain, per delivered txn / event.
+    cpu_us_per_txn: float | None = None
+    cpu_us_per_event: float | None = None
+    cpu_us_per_txn_by_thread: dict[str, float | None] = dataclasses.field(default_factory=dict)
 
 
 def measure(
@@ -78,6 +84,7 @@ def measure(
         broker = broker_pid(ctx.bootstrap)
         # The broker shares the machine's two cores: its CPU is part of each request's cost.
         meter = CpuMeter([pid, rig.sinks.pid()] + ([broker] if broker is not None else []))
+        by_thread = ThreadMeter(pid)
         generator.paced(appservices, sizes.rate, sizes.duration_s, progress=progress.update)
         progress.close()
         if result is not None:
@@ -87,6 +94,7 @@ def measure(
             offered, ctx.patience(60.0 + sizes.duration_s), "last deliveries", names=measured, stall_s=10.0
         )
         cores = meter.stop()
+        threads = by_thread.stop()
         start_ns = generator.stats.started_ns
         elapsed = (generator.stats.finished_ns - start_ns) / 1e9
         events = rig.sinks.events()
@@ -96,6 +104,7 @@ def measure(
         table = requests["names"]
         ok = sum(1 for s, i in zip(requests["status"], requests["as"], strict=True) if s == 200 and table[i] != hung)
         txns = sum(1 for status in requests["status"] if status == 200)
+        in_txns = sum(n for n, status in zip(requests["events"], requests["status"], strict=True) if status == 200)
         # Records written per delivered txn: what the worker's CPU per txn is mostly spent on.
         changelog = inbox = None
         if worker is not None and txns:
@@ -115,6 +124,9 @@ def measure(
             broker_cores=cores[2] if broker is not None else None,
             changelog_per_txn=changelog,
             inbox_per_txn=inbox,
+            cpu_us_per_txn=cpu_us_per(meter.seconds[0], txns),
+            cpu_us_per_event=cpu_us_per(meter.seconds[0], in_txns),
+            cpu_us_per_txn_by_thread={group: cpu_us_per(used, txns) for group, used in threads.items()},
         )
 
 
@@ -139,6 +151,10 @@ def _add_common(result: ScenarioResult, m: Measured, note: str = "") -> None:
     result.add("duplicate events", m.duplicates, "events")
     result.add("events per txn", m.events_per_txn, "events")
     result.add("worker CPU", m.worker_cores, "cores")
+    result.add("worker CPU per delivered txn", m.cpu_us_per_txn, "µs", note="process CPU time ÷ txns answered 200")
+    result.add("worker CPU per delivered event", m.cpu_us_per_event, "µs")
+    for group, us in m.cpu_us_per_txn_by_thread.items():
+        result.add(f"worker CPU per delivered txn: {group}", us, "µs")
     result.add("sink process CPU", m.sink_cores, "cores")
     result.add("broker CPU", m.broker_cores, "cores")
     result.add("changelog records per txn", m.changelog_per_txn, "records")
@@ -167,6 +183,8 @@ def run(ctx: Context, sizes: Sizes) -> ScenarioResult:
         result.add(f"max {at_low}", None if low.summary is None else low.summary.max, "ms")
         result.add(f"events per txn {at_low}", low.events_per_txn, "events")
         result.add(f"worker CPU {at_low}", low.worker_cores, "cores")
+        result.add(f"worker CPU per delivered txn {at_low}", low.cpu_us_per_txn, "µs")
+        result.add(f"worker CPU per delivered event {at_low}", low.cpu_us_per_event, "µs")
         result.add(f"broker CPU {at_low}", low.broker_cores, "cores")
         result.series[f"latency {at_low}"] = low.series
         _add_baseline(ctx, _low(sizes), result, low, f"latency {at_low}")
@@ -188,6 +206,7 @@ def _add_baseline(ctx: Context, sizes: Sizes, result: ScenarioResult, worker: Me
     result.add(f"baseline (a) p99 {at}", None if b is None else b.p99, "ms")
     result.add(f"baseline (a) events per txn {at}", base.events_per_txn, "events")
     result.add(f"baseline (a) CPU {at}", base.worker_cores, "cores")
+    result.add(f"baseline (a) CPU per delivered txn {at}", base.cpu_us_per_txn, "µs")
     result.add(f"baseline (a) broker CPU {at}", base.broker_cores, "cores")
     w = worker.summary
     ratio = None if b is None or w is None or not b.p50 else w.p50 / b.p50
@@ -199,8 +218,8 @@ def _isolation_point(ctx: Context, sizes: Sizes, result: ScenarioResult, label: 
     """Hung runs and reference runs, alternating, ``rounds`` of each; their medians compared.
 
     The two p99s come from separate runs at the worker's saturation point and
-    each moves a lot between runs on a shared machine (270-920 ms here), so
-    one of each gives a ratio anywhere from 0.5 to 1.8. Alternating spreads
+    each moves a lot between runs on a shared machine, so one of each gives
+    a ratio far either side of 1 (docs/decisions/bench-isolation-rounds.md). Alternating spreads
     the machine's drift over both sides. Scenario latency's run of this
     invocation, if any, is the first reference. ``max``, ``mean`` and the
     other rows of ``_add_common`` are the first hung run's.
