@@ -70,6 +70,8 @@ class Settings:
     # own (0 turns them off).
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9109
+    # How often both groups' consumer lag is taken (records and seconds).
+    lag_interval_s: float = 5.0
     # Where the router starts on input partitions its group never committed
     # (a new app id): "latest", only what is produced from now on, or
     # "earliest", the topic's whole retained history.
@@ -190,6 +192,7 @@ def from_environment(registrations_dir: Path, env: Mapping[str, str] | None = No
         "http_port": _port(env, "APPSERVICE_STREAMS_HTTP_PORT", 8009),
         "metrics_host": env.get("APPSERVICE_STREAMS_METRICS_HOST") or "127.0.0.1",
         "metrics_port": _port(env, "APPSERVICE_STREAMS_METRICS_PORT", 9109),
+        "lag_interval_s": _number(env, "APPSERVICE_STREAMS_LAG_INTERVAL_S", 5.0),
         "fetch_max_wait_ms": int(_number(env, "APPSERVICE_STREAMS_FETCH_MAX_WAIT_MS", 10)),
         "start_from": _start_from(env),
         "legacy_authorization": env.get("APPSERVICE_STREAMS_LEGACY_AUTHORIZATION", "").lower() in ("1", "true", "yes"),
