@@ -94,3 +94,10 @@ def test_the_lag_is_taken_every_5_s_unless_told_otherwise_and_never_every_0_s() 
     assert from_environment(Path("r"), {**BASE, "APPSERVICE_STREAMS_LAG_INTERVAL_S": "0.5"}).lag_interval_s == 0.5
     with pytest.raises(ConfigError, match="APPSERVICE_STREAMS_LAG_INTERVAL_S"):
         settings(APPSERVICE_STREAMS_LAG_INTERVAL_S="0")
+
+
+def test_logs_are_text_unless_json_is_asked_for_and_anything_else_is_refused() -> None:
+    assert from_environment(Path("r"), BASE).log_format == "text"
+    assert from_environment(Path("r"), {**BASE, "APPSERVICE_STREAMS_LOG_FORMAT": "json"}).log_format == "json"
+    with pytest.raises(ConfigError, match="APPSERVICE_STREAMS_LOG_FORMAT='JSON'"):
+        settings(APPSERVICE_STREAMS_LOG_FORMAT="JSON")
