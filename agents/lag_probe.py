@@ -2,8 +2,8 @@
 
 ``streams.observed.OldestUnconsumed`` decides which partitions to read (those
 behind whose committed offset moved since their last reading, bounded); this
-module reads them on a thread of its own, woken by the lag timer after each
-lag report (a reading takes a fetch round trip or more: it must hold neither
+module reads them on a thread of its own, woken after each lag report (the
+Faust timer's and the router's statistics) (a reading takes a fetch round trip or more: it must hold neither
 the timer nor the event loop; one reading at a time, and a wake-up during one
 makes one more after it, not a queue). It reads with a confluent-kafka
 consumer of its own, assigned (never subscribed: it joins no group and
@@ -41,14 +41,16 @@ class LagProbe:
         self._groups = groups
         self._consumer: Consumer | None = None  # made at the first reading: no I/O in the constructor
         self._wake = threading.Event()
+        self._starting = threading.Lock()
         self._stopping = False
         self._thread: threading.Thread | None = None
 
     def wake(self) -> None:
         """Lags were just taken: read the timestamps they call for (returns at once; the first starts the thread)."""
-        if self._thread is None and not self._stopping:
-            self._thread = threading.Thread(target=self._run, name="lag-probe", daemon=True)
-            self._thread.start()
+        with self._starting:  # the router's thread and the loop both wake it
+            if self._thread is None and not self._stopping:
+                self._thread = threading.Thread(target=self._run, name="lag-probe", daemon=True)
+                self._thread.start()
         self._wake.set()
 
     def stop(self, timeout_s: float = 5.0) -> None:

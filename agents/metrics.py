@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import orjson
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Histogram
@@ -114,6 +114,7 @@ class Metrics:
         self.lag: dict[str, dict[Partition, int]] = {}  # group → (topic, partition) → records behind
         self.committed: dict[str, dict[Partition, int]] = {}  # group → (topic, partition) → where it resumes
         self.oldest = OldestUnconsumed()  # the lag in seconds, read by agents.lag_probe
+        self.lag_reported: Callable[[], None] | None = None  # called after each lag report; must not block
         self._last_success: dict[AppserviceID, float] = {}
         self._counters = {a: _AppserviceCounters(self, a) for a in appservices}
         r.register(_StateCollector(self))
@@ -152,6 +153,11 @@ class Metrics:
         """
         self.committed[group] = {key: offset for key, offset in (committed or {}).items() if key in lags}
         self.lag[group] = lags
+        if self.lag_reported is not None:
+            try:
+                self.lag_reported()
+            except Exception:
+                log.exception("a lag report's follower failed")
 
     def behind(self, group: str) -> dict[Partition, tuple[int, int]]:
         """(records behind, committed offset) of each partition of ``group`` whose committed offset is known."""

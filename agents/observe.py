@@ -58,9 +58,17 @@ def install(pipeline: Pipeline, routing: Router) -> MetricsServer:
             metrics.set_assignment(group, topic, ())
 
     probe = LagProbe(settings, metrics, (settings.router_group, group))
+    # Every lag report (this timer's, and the router's from its statistics) wakes a reading at once: its
+    # committed offsets are then fresh, and an age overstates by one interval's progress at most.
+    metrics.lag_reported = probe.wake
 
     @app.timer(interval=settings.lag_interval_s)  # type: ignore[untyped-decorator]
     async def measure_lag() -> None:
+        if app.rebalancing:
+            # Until recovery seeks the new assignment to its committed offsets, Faust knows none of them
+            # (None, which reads as never committed): a lag taken now was the whole partition (1,635
+            # records, and the first record's age, 175 s, seen after a takeover). Keep the last report.
+            return
         consumer = app.consumer
         lags: dict[tuple[str, int], int] = {}
         resumes: dict[tuple[str, int], int] = {}
@@ -77,7 +85,6 @@ def install(pipeline: Pipeline, routing: Router) -> MetricsServer:
             log.exception("could not measure the consumer group's lag")
             return
         metrics.set_lag(group, lags, resumes)
-        probe.wake()
 
     server = MetricsServer(settings.metrics_host, settings.metrics_port, metrics, health)
 

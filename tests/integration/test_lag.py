@@ -15,7 +15,7 @@ from tests.support.worker_process import WorkerProcess, free_port, write_registr
 
 SESSION_TIMEOUT_S = 6  # the broker's group.min.session.timeout.ms: the shortest a group may have
 LAG_INTERVAL_S = 0.25  # lag taken four times a second, so a drain of a second or two is seen
-PAUSED_EVENTS = 12_000  # produced over the session timeout: the survivor takes ~1-3 s to route and deliver them
+PAUSED_EVENTS = 8_000  # produced over the session timeout: a few seconds of the survivor's work
 ROOMS = 64  # keys spread over every input partition
 APPSERVICES = ("signal", "sms", "irc", "bridge")  # one per inbox partition (as in test_rebalance)
 
@@ -92,7 +92,7 @@ async def test_lag_rises_in_records_and_seconds_under_a_paused_worker_then_drain
         peak_seconds: dict[tuple[str, str, str], float] = {}
         timeline = []  # for the failure message
         started = time.monotonic()
-        deadline = started + 45
+        deadline = started + 35  # typically 8-31 s; the whole test stays under 60 s
         while True:
             samples = await scrape(survivor)
             records, seconds = lags(samples, "consumer_lag"), lags(samples, "consumer_lag_seconds")
