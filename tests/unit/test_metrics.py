@@ -236,7 +236,8 @@ def test_status_reads_one_workers_metrics_into_rows_and_a_table() -> None:
         0,
     )
     metrics.set_assignment("app", "app.inbox", [0, 1])
-    metrics.set_lag("app", {("app.inbox", 0): 3, ("app.inbox", 1): 4})
+    metrics.set_lag("app", {("app.inbox", 0): 3, ("app.inbox", 1): 4}, {("app.inbox", 0): 9, ("app.inbox", 1): 2})
+    metrics.oldest.found("app", "app.inbox", 0, 9, 0)  # written in 1970: the worst partition's age
     rows, worker = parse("w1:9109", generate_latest(metrics.registry).decode())
     [row] = rows
     assert (row.appservice, row.worker, row.up, row.state, row.failed_attempts) == (
@@ -249,8 +250,10 @@ def test_status_reads_one_workers_metrics_into_rows_and_a_table() -> None:
     assert row.oldest_undelivered_s > 50 * 365 * 86400  # stepped at 0 ms: its items arrived in 1970
     assert row.backlog == {"event": 250, "ephemeral": 2, "to_device": 0, "device": 0}
     assert (worker.assigned_partitions, worker.lag) == ({"app.inbox": 2}, {"app": 7})
+    assert worker.lag_s["app"] > 50 * 365 * 86400
     table = render(rows, [worker, WorkerRow("w2:9109", answered=False, error="refused")], now_unix=0)
     assert "bridge" in table and "retrying" in table and "NO" in table and "252" in table
+    assert re.search(r"lag: app 7 \(\d+ s\)", table), table
     assert "worker w2:9109: NO ANSWER (refused)" in table
     assert unowned(rows, ["bridge", "bot"]) == ["bot"]
     assert "NOT EXPORTED BY ANY WORKER: bot" in render(rows, [worker], now_unix=0, missing=["bot"])
