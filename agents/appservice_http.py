@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from pathlib import Path
 
 import aiohttp
@@ -18,7 +19,7 @@ import orjson
 
 from streams.errors import ConfigError
 from streams.matrix import PING_PATH, TRANSACTIONS_PATH, TxnID
-from streams.outcome import ConnectFailed, Delivered, HttpError, Outcome, TimedOut
+from streams.outcome import ConnectFailed, Delivered, HttpError, Outcome, TimedOut, retry_after_ms
 from streams.registration import Registration
 
 log = logging.getLogger(__name__)
@@ -51,18 +52,6 @@ async def _read_bounded(response: aiohttp.ClientResponse, within_s: float) -> by
                 raise _ResponseTooLarge
             chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _retry_after_ms(response: aiohttp.ClientResponse, body: bytes) -> int | None:
-    header = response.headers.get("Retry-After")
-    if header and header.isdigit():
-        return int(header) * 1000
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    value = doc.get("retry_after_ms") if isinstance(doc, dict) else None
-    return value if isinstance(value, int) and value >= 0 else None
 
 
 def _headers(registration: Registration) -> dict[str, str]:
@@ -145,13 +134,13 @@ class AppserviceClient:
                     except orjson.JSONDecodeError:
                         return HttpError(response.status, "not JSON")
                     return Delivered(response.status)
-                errcode = None
                 try:
                     doc = orjson.loads(payload)
-                    errcode = doc.get("errcode") if isinstance(doc, dict) else None
                 except orjson.JSONDecodeError:
-                    pass
-                return HttpError(response.status, errcode, _retry_after_ms(response, payload))
+                    doc = None
+                errcode = doc.get("errcode") if isinstance(doc, dict) else None
+                wait = retry_after_ms(response.headers.get("Retry-After"), doc, now_ms=time.time_ns() // 1_000_000)
+                return HttpError(response.status, errcode if isinstance(errcode, str) else None, wait)
         except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
             return _failure(exc)
 

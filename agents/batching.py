@@ -4,9 +4,8 @@ Faust's ``Stream.take_events(max, within)`` yields when ``max`` events are
 buffered or ``within`` seconds have passed, and refuses new events while a
 batch is processed. So it refills from empty after every batch, for
 ``within`` seconds: at low load each event waits out the window, and under
-load batches stay as small as what Faust moves in one window (about 30
-events in 2 ms). The benchmark saw 1.8 items per inbox record and 1.1
-changelog records per event that way.
+load batches stay as small as what Faust moves in one window (figures:
+docs/decisions/batching.md).
 
 ``take_available`` yields as soon as the agent's channel queue is empty (no
 wait at low load) or ``max_`` events are buffered. What arrives while a batch
@@ -17,7 +16,9 @@ queue never looks empty.
 It is ``take_events`` with one more flush condition, and keeps its contract:
 the yielded list is the caller's until the next iteration, and each event is
 acked (through ``agents.positions.AckFilter``) after the caller is done with
-the batch.
+the batch. It drives Faust's stream through private parts (``_enable_passive``,
+``_processors``, ``enable_acks``): tests/unit/test_faust_hooks.py checks
+their effect.
 """
 
 from __future__ import annotations

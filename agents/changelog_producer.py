@@ -3,9 +3,9 @@
 The deliverer writes several changelog records per transaction (state,
 stored txn, backlog chunks, deletes) and waits for Kafka to acknowledge them
 before it sends. Through Faust's producer (aiokafka, pure Python) each record
-cost ~0.1 ms of the worker's one interpreter in accumulating, request
-building and future resolution: a sixth of its CPU at 2,000 events/s.
-librdkafka does that in C, on its own threads.
+cost the worker's one interpreter its accumulating, request building and
+future resolution; librdkafka does that in C, on its own threads (figures:
+docs/decisions/changelog-producer.md).
 
 ``produce(topic, records)`` queues a group of records and returns a future
 for all of them: it resolves, on the event loop, to each partition's last
@@ -22,7 +22,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from streams.errors import ChangelogDeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +32,6 @@ POLL_S = 0.1
 FLUSH_TIMEOUT_S = 10.0
 
 Record = tuple[int, bytes, bytes | None]  # partition, key, value (None: a tombstone)
-
-
-class ChangelogDeliveryError(Exception):
-    """Kafka refused a changelog record: the state it carries is not durable."""
 
 
 class DeliveryGroup:
@@ -81,7 +79,8 @@ class DeliveryGroup:
 
 # What the changelog's producer adds to agents.kafka_config.producer_config
 # (acks=all, idempotent): a record waits for no batch-mate, batches form by
-# themselves while earlier requests are in flight. (2 ms measured no better.)
+# themselves while earlier requests are in flight (2 ms measured no better:
+# docs/decisions/changelog-producer.md).
 CHANGELOG_PRODUCER: dict[str, Any] = {"linger.ms": 0}
 
 
@@ -127,12 +126,11 @@ class ChangelogProducer:
         may ack its inputs, and they are replayed by the next owner.
 
         Raises:
-            BufferError: librdkafka's local queue is full (100,000 records: the
-                broker has not taken any for a long while; a caller must treat
-                the group as not durable).
-            KafkaException: a record librdkafka refuses on the spot (over
-                ``message.max.bytes``, say).
-            ChangelogDeliveryError: (from the future) a record was refused.
+            ChangelogDeliveryError: a record librdkafka refuses on the spot
+                (over ``message.max.bytes``, say), or its local queue is full
+                (100,000 records: the broker has not taken any for a long
+                while); a caller must treat the group as not durable. From the
+                future: a record Kafka refused.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[dict[int, int]] = loop.create_future()
@@ -146,8 +144,11 @@ class ChangelogProducer:
             return future
         producer = self._started()
         group = DeliveryGroup(len(records), future, loop, self._refused)
-        for partition, key, value in records:
-            producer.produce(topic, value=value, key=key, partition=partition, on_delivery=group.delivered)
+        try:
+            for partition, key, value in records:
+                producer.produce(topic, value=value, key=key, partition=partition, on_delivery=group.delivered)
+        except (BufferError, KafkaException) as exc:
+            raise ChangelogDeliveryError(f"{topic}[{partition}]: not queued: {exc!r}") from exc
         return future
 
     def _serve_reports(self, producer: Producer) -> None:

@@ -19,7 +19,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streams.errors import BadRecord, ConfigError
+from agents.fatal import EXIT_CODE as EXIT_RESTART
+from streams.errors import (
+    AppserviceStreamsError,
+    BadRecord,
+    BrokerLostData,
+    ConfigError,
+    InfrastructureError,
+    InvariantBroken,
+    KafkaUnavailable,
+)
 from streams.registration import Registration
 
 if TYPE_CHECKING:
@@ -28,10 +37,34 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("appservice_streams")
 
+# The exception tree (streams.errors) mapped to exit codes, first match wins. 2 is
+# what a restart cannot mend (deploy/systemd's RestartPreventExitStatus=2); 70 is
+# a running worker ending itself so the next owner redoes its work (agents.fatal).
+EXIT_CODES: tuple[tuple[type[AppserviceStreamsError], int], ...] = (
+    (ConfigError, 2),  # a setting or file is wrong; the message names it
+    # At start-up the cluster the settings name does not answer: most often a broker still starting or
+    # restarting, which a restart of the worker does mend (EX_UNAVAILABLE; systemd restarts it, not exit 2).
+    (KafkaUnavailable, 69),
+    (BrokerLostData, 2),  # start once with --reset-state
+    (InfrastructureError, 1),  # Kafka refused or did not acknowledge; the development broker failed
+    (InvariantBroken, EXIT_RESTART),
+)
+
+
+def exit_code(exc: AppserviceStreamsError) -> int:
+    """The exit code for ``exc`` (``EXIT_CODES``); 1 for a kind not listed."""
+    return next((code for kind, code in EXIT_CODES if isinstance(exc, kind)), 1)
+
+
+def _fail(command: str, exc: AppserviceStreamsError) -> int:
+    """Report ``exc`` as one line on stderr; its exit code."""
+    print(f"appservice-streams {command}: {exc}", file=sys.stderr)
+    return exit_code(exc)
+
 
 def _kafka(args: argparse.Namespace) -> int:
     from agents.local_cluster import LocalCluster
-    from agents.local_kafka import LocalKafka, LocalKafkaError
+    from agents.local_kafka import LocalKafka
 
     single = args.brokers == 1
     broker = (
@@ -53,10 +86,8 @@ def _kafka(args: argparse.Namespace) -> int:
             print(f"{name} stopped and its data deleted")
         else:
             return _kafka_status(broker)
-    except LocalKafkaError as exc:
-        flags = "" if single else f" --brokers {args.brokers}"
-        print(f"appservice-streams kafka {args.action}{flags}: {exc}", file=sys.stderr)
-        return 1
+    except AppserviceStreamsError as exc:
+        return _fail(f"kafka {args.action}" + ("" if single else f" --brokers {args.brokers}"), exc)
     return 0
 
 
@@ -106,9 +137,8 @@ def _worker(args: argparse.Namespace) -> int:
         from agents.state_check import check_local_state
 
         check_local_state(settings, reset=args.reset_state)  # built from the topics the broker has?
-    except ConfigError as exc:
-        print(f"appservice-streams worker: {exc}", file=sys.stderr)
-        return 2
+    except AppserviceStreamsError as exc:
+        return _fail("worker", exc)
     import faust
 
     from agents.local_state import open_tables, stopped_cleanly
@@ -122,7 +152,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     from agents.logs import collapse_library_repeats
 
-    collapse_library_repeats()  # a broker down for 30 s was 3,120 log lines
+    collapse_library_repeats()  # a broker outage floods the log (docs/decisions/collapse-client-log-repeats.md)
     for r in registrations:
         log.info("appservice %s: %s", r.id, "url: null, nothing is sent" if r.url is None else r.url)
     from agents.logs import logging_config
@@ -139,14 +169,13 @@ def _worker(args: argparse.Namespace) -> int:
     if pipeline.metrics_server is not None:
         import prometheus_client
 
-        # No `_created` series beside every counter and histogram: a third of a scrape's output
-        # and time (a scrape of 50 appservices: ~37 ms → ~24 ms of the worker's interpreter).
+        # No `_created` series beside every counter and histogram: a third of a scrape's output and
+        # time, on the worker's interpreter (docs/decisions/prometheus-created-series.md).
         prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         try:
             pipeline.metrics_server.start()  # before the worker: a wedged start-up is visible too
         except ConfigError as exc:
-            print(f"appservice-streams worker: {exc}", file=sys.stderr)
-            return 2
+            return _fail("worker", exc)
     try:
         worker.execute_from_commandline()  # exits the process (SystemExit)
     finally:
@@ -174,7 +203,6 @@ def _warn_if_readable_by_others(registrations: Sequence[Registration]) -> None:
 
 def _produce(args: argparse.Namespace) -> int:
     import orjson
-    from confluent_kafka import KafkaException
 
     from agents.producer import EventProducer
     from streams.kafka_settings import security_from_environment
@@ -184,8 +212,7 @@ def _produce(args: argparse.Namespace) -> int:
     try:
         security = security_from_environment(os.environ)  # KAFKA_SECURITY_PROTOCOL, KAFKA_SSL_*, KAFKA_SASL_*
     except ConfigError as exc:
-        print(f"appservice-streams produce: {exc}", file=sys.stderr)
-        return 2
+        return _fail("produce", exc)
     try:
         source = open(args.file, "rb") if args.file else sys.stdin.buffer  # noqa: SIM115
     except OSError as exc:
@@ -212,9 +239,9 @@ def _produce(args: argparse.Namespace) -> int:
             if sent and sent % 10_000 == 0:
                 print(f"{sent} records queued", file=sys.stderr)
         producer.flush(args.timeout + 5)
-    except KafkaException as exc:
+    except InfrastructureError as exc:
         print(f"appservice-streams produce: Kafka at {bootstrap} did not take the records: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(exc)
     finally:
         if args.file:
             source.close()
@@ -236,8 +263,7 @@ def _status(args: argparse.Namespace) -> int:
         try:
             expected = [str(r.id) for r in load_registrations(Path(args.registrations)) if r.url is not None]
         except ConfigError as exc:
-            print(f"appservice-streams status: {exc}", file=sys.stderr)
-            return 2
+            return _fail("status", exc)
     workers = args.worker or [
         f"{os.environ.get('APPSERVICE_STREAMS_METRICS_HOST') or '127.0.0.1'}:"
         f"{os.environ.get('APPSERVICE_STREAMS_METRICS_PORT') or 9109}"
@@ -315,16 +341,12 @@ def _ingest(args: argparse.Namespace) -> int:
         # everything local is checked before Kafka is touched
         listener = listen(host, port, purpose="listen on", setting="--listen")
         ensure_ingest_topics(config)
-    except ConfigError as exc:
-        print(f"appservice-streams ingest: {exc}", file=sys.stderr)
-        return 2
-    from confluent_kafka import KafkaException
-
+    except AppserviceStreamsError as exc:
+        return _fail("ingest", exc)
     try:
         asyncio.run(serve(config, listener))
-    except KafkaException as exc:
-        print(f"appservice-streams ingest: Kafka at {config.bootstrap_servers}: {exc}", file=sys.stderr)
-        return 1
+    except InfrastructureError as exc:
+        return _fail("ingest", exc)
     return 0
 
 

@@ -41,7 +41,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from agents.kafka_config import client_config, producer_config
 from agents.topics import ensure_topics
-from streams.errors import BadTransaction, NotJSON
+from streams.errors import BadTransaction, KafkaRequestFailed, NotJSON
 from streams.ingest import (
     Position,
     Produce,
@@ -104,27 +104,35 @@ class KafkaSink:
         """The producer, created with its transactions initialised and the last position read, if dropped.
 
         Raises:
-            KafkaException: the broker did not answer within ``kafka_timeout_s``.
+            KafkaRequestFailed: the producer could not be made, or the broker
+                did not answer within ``kafka_timeout_s`` (naming the servers).
         """
         if self._producer is None:
-            c = self._config
-            producer = Producer(
-                producer_config(  # acks=all, idempotent, TLS/SASL, the one Kafka logger
-                    c.bootstrap_servers,
-                    c.security,
-                    **{
-                        "transactional.id": f"appservice-streams-ingest.{c.topic}.{c.ingest_id}",
-                        "partitioner": "murmur2_random",  # as agents.producer: the hash Faust and the router expect
-                        "linger.ms": 1,
-                        "transaction.timeout.ms": 60_000,
-                        "message.timeout.ms": int(c.kafka_timeout_s * 1000),
-                    },
-                )
-            )
-            producer.init_transactions(c.kafka_timeout_s)  # fences an older instance, settles its open transaction
-            self.last = self._read_position()
-            self._producer = producer
+            try:
+                self._producer = self._start()
+            except KafkaException as exc:
+                raise KafkaRequestFailed(f"Kafka at {self._config.bootstrap_servers}: {exc}") from exc
         return self._producer
+
+    def _start(self) -> Any:
+        """Raises: KafkaException (``start`` maps it)."""
+        c = self._config
+        producer = Producer(
+            producer_config(  # acks=all, idempotent, TLS/SASL, the one Kafka logger
+                c.bootstrap_servers,
+                c.security,
+                **{
+                    "transactional.id": f"appservice-streams-ingest.{c.topic}.{c.ingest_id}",
+                    "partitioner": "murmur2_random",  # as agents.producer: the hash Faust and the router expect
+                    "linger.ms": 1,
+                    "transaction.timeout.ms": 60_000,
+                    "message.timeout.ms": int(c.kafka_timeout_s * 1000),
+                },
+            )
+        )
+        producer.init_transactions(c.kafka_timeout_s)  # fences an older instance, settles its open transaction
+        self.last = self._read_position()
+        return producer
 
     def _read_position(self) -> Position | None:
         """The last committed position under the ingest's id (read_committed), or None."""
@@ -170,7 +178,7 @@ class KafkaSink:
         Returns ``Retry`` (nothing produced) when it is the last transaction again.
 
         Raises:
-            KafkaException: nothing of it was committed (or, if the commit's
+            KafkaRequestFailed: nothing of it was committed (or, if the commit's
                 outcome is unknown, the next call reads it back first).
         """
         producer = self.start()
@@ -185,9 +193,9 @@ class KafkaSink:
                 self._produce(producer, c.topic, key, value)
             self._produce(producer, c.positions_topic, c.ingest_id.encode(), encode_position(incoming))
             producer.commit_transaction(c.kafka_timeout_s)
-        except (KafkaException, BufferError):
+        except (KafkaException, BufferError) as exc:
             self._drop(producer)
-            raise
+            raise KafkaRequestFailed(f"transaction {txn_id} to {c.topic}: {exc}") from exc
         self.last = incoming
         return decision
 
@@ -281,7 +289,7 @@ class Ingest:
         task.add_done_callback(self._settled)
         try:
             last, decision = await asyncio.shield(task)
-        except (KafkaException, BufferError):
+        except KafkaRequestFailed:
             return _error(500, "M_UNKNOWN", "Not stored; retry")  # logged by the write
         if isinstance(decision, Retry):
             log.info("transaction %s: a retry of the last one produced; nothing produced again", txn_id)
@@ -301,7 +309,7 @@ class Ingest:
             last = self._sink.last
             try:
                 return last, await asyncio.to_thread(self._sink.write, txn_id, raw, records)
-            except (KafkaException, BufferError) as exc:
+            except KafkaRequestFailed as exc:
                 log.error("transaction %s not produced, answering 500 so it is retried: %s", txn_id, exc)
                 raise
 
@@ -328,7 +336,8 @@ def ensure_ingest_topics(config: IngestConfig) -> None:
     """The input topic (``input_partitions``, unless it exists) and the compacted position topic (one partition).
 
     Raises:
-        ConfigError: the broker cannot be reached or refuses a topic.
+        ConfigError: the broker refuses a topic.
+        KafkaUnavailable: the broker cannot be reached.
     """
     ensure_topics(
         config.bootstrap_servers,
@@ -342,8 +351,8 @@ async def serve(config: IngestConfig, listener: socket.socket) -> None:
     """Run the ingest on ``listener`` until SIGTERM or SIGINT.
 
     Raises:
-        KafkaException: the transactional producer could not be started or the
-            last position read at start.
+        KafkaRequestFailed: the transactional producer could not be started or
+            the last position read at start.
     """
     sink = KafkaSink(config)
     await asyncio.to_thread(sink.start)

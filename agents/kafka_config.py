@@ -136,7 +136,10 @@ def make_producer_idempotent(app: Any) -> None:
     """Have ``app`` (a ``faust.App``, not started) create its producer with aiokafka's idempotence on.
 
     Faust turns idempotence on only inside transactions; its producer here
-    carries retry timers, resumes and reported outcomes. No I/O.
+    carries retry timers, resumes and reported outcomes. No I/O. Call it
+    before anything reads ``app.producer`` or ``app.consumer`` (Faust's
+    consumer creates the producer): a producer built before keeps Faust's
+    class (``tests/unit/test_faust_hooks.py``).
     """
     from faust.transport.drivers.aiokafka import Producer
 

@@ -45,6 +45,8 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from streams.errors import LocalKafkaError
+
 __all__ = ["BrokerStatus", "LocalKafka", "LocalKafkaError"]
 
 log = logging.getLogger(__name__)
@@ -73,10 +75,6 @@ KAFKA_FILES = Path(__file__).resolve().parent / "kafka"
 _MAIN_CLASS = "kafka.Kafka"
 _STORAGE_TOOL_CLASS = "kafka.tools.StorageTool"
 _TAIL_LINES = 40
-
-
-class LocalKafkaError(Exception):
-    """The local broker could not be fetched, formatted, started or stopped."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +120,10 @@ class LocalKafka:
     cluster_id: str | None = None
     extra_properties: tuple[tuple[str, str], ...] = ()
     max_heap: str = "1g"
+    # More arguments to ``kafka-storage format``, e.g. ``("--add-scram",
+    # "SCRAM-SHA-512=[name=worker,password=…]")``: KRaft takes SCRAM
+    # credentials at format time, before any broker answers.
+    format_args: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ paths
 
@@ -462,8 +464,10 @@ class LocalKafka:
             str(self.properties_file),
             "--cluster-id",
             self.cluster_id or _random_cluster_id(),
+            *self.format_args,
         )
-        log.info("formatting storage: %s", " ".join(cmd))
+        shown = " ".join(cmd[: len(cmd) - len(self.format_args)])  # format_args may carry passwords
+        log.info("formatting storage: %s", shown)
         try:
             proc = subprocess.run(
                 cmd,
@@ -475,11 +479,9 @@ class LocalKafka:
                 timeout=120,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise LocalKafkaError(f"cannot run {' '.join(cmd)!r}: {exc}") from exc
+            raise LocalKafkaError(f"cannot run {shown!r}: {exc}") from exc
         if proc.returncode != 0:
-            raise LocalKafkaError(
-                f"{' '.join(cmd)!r} failed with exit code {proc.returncode}:\n" + _tail_text(proc.stdout)
-            )
+            raise LocalKafkaError(f"{shown!r} failed with exit code {proc.returncode}:\n" + _tail_text(proc.stdout))
 
     def _launch(self) -> int:
         cmd = self._java_cmd(_MAIN_CLASS, str(self.properties_file))

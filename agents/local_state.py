@@ -12,7 +12,7 @@ So local table state is trusted only after a clean stop: the worker writes
 ``CLEAN_STOP`` once its changelog producer acknowledged everything at shutdown,
 and removes it when it starts. A start that finds the table folder without the
 mark deletes it, and Faust restores every table from its changelog (the cold
-path: ~0.6 s more per restart in the recovery benchmark). The router's room
+path; docs/decisions/trust-local-tables-after-clean-stop.md). The router's room
 store is not concerned: it is written only after Kafka acknowledged the
 changelog records it depends on.
 """

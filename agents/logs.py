@@ -78,7 +78,9 @@ class Repeats(logging.Filter):
                     del self._seen[old]
         if held:
             record.msg = f"{text} ({held} more like it in the last {self._window_s:.0f} s)"
-            record.args = None
+            # (), not None: mode's formatter (the worker's) turns None into (None,), and then
+            # ``msg % args`` failed: each count became a 40-line "--- Logging error ---" traceback.
+            record.args = ()
         return True
 
 

@@ -37,7 +37,7 @@ from streams.observed import (
     router_lag,
     view,
 )
-from streams.outcome import FailureReason, Outcome, failure_reason
+from streams.outcome import FailureReason, HttpError, Outcome, failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,8 @@ class Metrics:
         self.oldest = OldestUnconsumed()  # the lag in seconds, read by agents.lag_probe
         self.lag_reported: Callable[[], None] | None = None  # called after each lag report; must not block
         self._last_success: dict[AppserviceID, float] = {}
+        # The HTTP status of each appservice's latest failed attempt (0: no answer, e.g. a timeout); gone on success.
+        self._last_failure_status: dict[AppserviceID, int] = {}
         self._counters = {a: _AppserviceCounters(self, a) for a in appservices}
         r.register(_StateCollector(self))
         # process_* (CPU, memory, start time: a crash loop shows as start times changing), python_*.
@@ -133,7 +135,9 @@ class Metrics:
         reason = failure_reason(outcome)
         if reason is not None:
             counters.failed[reason].inc()
+            self._last_failure_status[send.appservice_id] = outcome.status if isinstance(outcome, HttpError) else 0
             return
+        self._last_failure_status.pop(send.appservice_id, None)
         counters.sent.inc()
         self._last_success[send.appservice_id] = time.time()
         sent = self.owned.inflight(send.appservice_id, send.txn_id)
@@ -228,7 +232,14 @@ class _StateCollector(Collector):
             "When this worker last saw the appservice accept a transaction (Unix time)",
             labels=["appservice"],
         )
+        failure_status = GaugeMetricFamily(
+            PREFIX + "appservice_failure_status",
+            "While DOWN: the HTTP status of the latest failed attempt (0: no HTTP answer, e.g. a timeout or a"
+            " reset); 0 while up",
+            labels=["appservice"],
+        )
         last_success = m._last_success.copy()
+        last_failure_status = m._last_failure_status.copy()
         for appservice_id, machine, oldest_ms in m.owned.snapshot():
             v = view(machine, now_ms, oldest_ms)
             up.add_metric([appservice_id], 1.0 if v.up else 0.0)
@@ -239,9 +250,12 @@ class _StateCollector(Collector):
             down.add_metric([appservice_id], v.down_for_s)
             oldest.add_metric([appservice_id], v.oldest_s)
             attempt.add_metric([appservice_id], float(v.attempt))
+            failure_status.add_metric(
+                [appservice_id], 0.0 if v.up else float(last_failure_status.get(appservice_id, 0))
+            )
             if appservice_id in last_success:
                 success.add_metric([appservice_id], last_success[appservice_id])
-        yield from (up, state, backlog, down, oldest, attempt, success)
+        yield from (up, state, backlog, down, oldest, attempt, failure_status, success)
 
         assigned = GaugeMetricFamily(
             PREFIX + "assigned_partitions", "Partitions this worker consumes, by topic", labels=["topic"]

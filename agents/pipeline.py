@@ -18,7 +18,7 @@ from agents.changelog_producer import ChangelogProducer
 from agents.metrics import Metrics
 from agents.metrics_http import Health, MetricsServer
 from agents.positions import AckFilter
-from streams.dead_letter import Reason, dead_letter
+from streams.dead_letter import Reason, dead_letter, refused_transaction
 from streams.interest import Interest
 from streams.matrix import AppserviceID
 from streams.registration import Registration
@@ -58,3 +58,14 @@ class Pipeline:
         self.metrics.dead_lettered(reason)
         letter = dead_letter(message.topic, message.partition, message.offset, event.value, reason, detail)
         await self.dead_letter.send(key=event.key, value=letter.value, headers=letter.headers)
+
+    async def dead_letter_txn(self, appservice_id: AppserviceID, txn_id: int, body: bytes, detail: str) -> None:
+        """Write a transaction an appservice refused for good to the dead-letter topic; return once Kafka has it.
+
+        Raises: whatever the producer raises (the caller retries: the machine waits for this).
+        """
+        letter = refused_transaction(appservice_id, txn_id, body, detail)
+        acked = await self.dead_letter.send(key=appservice_id.encode(), value=letter.value, headers=letter.headers)
+        await acked
+        self.metrics.dead_lettered(Reason.REFUSED_BY_APPSERVICE)
+        log.warning("dead-lettered txn %s of appservice %s (%s): %s", txn_id, appservice_id, len(body), detail)

@@ -3,7 +3,10 @@
 Faust skips records that reach a stream while flow control is paused (a
 rebalance, table recovery) or that carry a stale generation, and *acks them
 anyway* (``Stream._py_aiter``: "we want to ack the filtered message otherwise
-the lag would increase"). If a commit lands before Faust seeks back, those
+the lag would increase"; its Cython iterator, used when built, drops them
+unacked but acks every other record by writing the consumer's ack lists
+itself, past ``Consumer.ack``: hence ``enable_acks = False`` in
+``agents.batching``). If a commit lands before Faust seeks back, those
 records are committed without ever reaching an agent; if they come back
 later, they come out of order, and the deliverer, which drops any item at or
 below the last input offset it applied, would drop them. The benchmark lost
@@ -39,11 +42,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from agents.kafka_config import client_config
 from streams.backlog import KeyValueStore
-from streams.errors import InvariantBroken
+from streams.errors import InvariantBroken, KafkaRequestFailed
 from streams.kafka_settings import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
@@ -92,7 +95,11 @@ def records_between(
     timeout_s: float = 15.0,
     security: KafkaSecurity = PLAINTEXT,
 ) -> bool:
-    """Whether the log holds any record with ``start <= offset < end`` (blocking)."""
+    """Whether the log holds any record with ``start <= offset < end`` (blocking).
+
+    Raises:
+        KafkaRequestFailed: the partition could not be read from ``start`` within ``timeout_s``.
+    """
     consumer = Consumer(
         client_config(
             bootstrap,
@@ -101,25 +108,32 @@ def records_between(
         )
     )
     try:
-        low, _high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
-        start = max(start, low)
-        if start >= end:
-            return False
-        consumer.assign([TopicPartition(topic, partition, start)])
-        for _ in range(int(timeout_s / 0.5)):
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            error = msg.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    return False
-                continue
-            offset = msg.offset()
-            return offset is not None and offset < end
-        raise InvariantBroken(f"could not read {topic}[{partition}] from {start} within {timeout_s} s")
+        return _records_between(consumer, topic, partition, start, end, timeout_s)
+    except KafkaException as exc:
+        raise KafkaRequestFailed(f"{topic}[{partition}]: offsets {start}..{end - 1} not checked: {exc}") from exc
     finally:
         consumer.close()
+
+
+def _records_between(consumer: Consumer, topic: str, partition: int, start: int, end: int, timeout_s: float) -> bool:
+    """Raises: KafkaException; KafkaRequestFailed: nothing read within ``timeout_s``."""
+    low, _high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+    start = max(start, low)
+    if start >= end:
+        return False
+    consumer.assign([TopicPartition(topic, partition, start)])
+    for _ in range(int(timeout_s / 0.5)):
+        msg = consumer.poll(0.5)
+        if msg is None:
+            continue
+        error = msg.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                return False
+            continue
+        offset = msg.offset()
+        return offset is not None and offset < end
+    raise KafkaRequestFailed(f"could not read {topic}[{partition}] from {start} within {timeout_s} s")
 
 
 def committed_offset(
@@ -130,12 +144,18 @@ def committed_offset(
     timeout_s: float = 15.0,
     security: KafkaSecurity = PLAINTEXT,
 ) -> int:
-    """The offset ``group`` committed for the partition, 0 if none (blocking; does not join the group)."""
+    """The offset ``group`` committed for the partition, 0 if none (blocking; does not join the group).
+
+    Raises:
+        KafkaRequestFailed: the broker did not answer within ``timeout_s``.
+    """
     consumer = Consumer(client_config(bootstrap, security, **{"group.id": group, "enable.auto.commit": False}))
     try:
         [committed] = consumer.committed([TopicPartition(topic, partition)], timeout=timeout_s)
         offset = committed.offset
         return offset if offset is not None and offset >= 0 else 0
+    except KafkaException as exc:
+        raise KafkaRequestFailed(f"{topic}[{partition}]: offset committed by {group} not read: {exc}") from exc
     finally:
         consumer.close()
 

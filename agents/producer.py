@@ -16,7 +16,7 @@ from confluent_kafka import KafkaException, Producer
 
 from agents.kafka_config import producer_config
 from streams import envelope
-from streams.errors import BadRecord
+from streams.errors import BadRecord, KafkaRequestFailed
 from streams.kafka_settings import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,15 @@ class EventProducer:
             self._errors.append(str(err))
 
     def _produce(self, key: str, value: bytes) -> None:
+        """Raises: KafkaRequestFailed: librdkafka refused the record at once (e.g. over its ``message.max.bytes``)."""
         while True:
             try:
                 self._producer.produce(self.topic, key=key.encode(), value=value, on_delivery=self._delivered)
                 return
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: let deliveries drain
+            except KafkaException as exc:
+                raise KafkaRequestFailed(f"{self.topic}: record refused: {exc}") from exc
 
     def send_event(self, event: Mapping[str, Any]) -> None:
         """Queue one client-format room event.
@@ -105,14 +108,14 @@ class EventProducer:
         """Wait until every queued record is acknowledged.
 
         Raises:
-            KafkaException: records were refused or not acknowledged in time.
+            KafkaRequestFailed: records were refused or not acknowledged in time (naming the topic).
         """
         remaining = self._producer.flush(timeout_s)
         if remaining:
-            raise KafkaException(f"{remaining} records not acknowledged within {timeout_s} s")
+            raise KafkaRequestFailed(f"{self.topic}: {remaining} records not acknowledged within {timeout_s} s")
         if self._errors:
             errors, self._errors = self._errors, []
-            raise KafkaException(f"{len(errors)} records refused, first: {errors[0]}")
+            raise KafkaRequestFailed(f"{self.topic}: {len(errors)} records refused, first: {errors[0]}")
 
 
 __all__ = ["BadRecord", "EventProducer"]

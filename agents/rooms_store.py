@@ -25,7 +25,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from rocksdict import Options, Rdict, WriteBatch
 
-from streams.errors import InvariantBroken
+from streams.errors import InvariantBroken, KafkaRequestFailed, LocalStoreFailed
 from streams.matrix import RoomID
 from streams.rooms import RoomState, decode_room, encode_room
 
@@ -54,7 +54,8 @@ class RoomsStore:
         """Open each partition's database and bring it up to the changelog's end.
 
         Raises:
-            KafkaException: the changelog cannot be read.
+            KafkaRequestFailed: the changelog cannot be read (naming the partition).
+            LocalStoreFailed: a partition's RocksDB cannot be opened (naming its folder).
             InvariantBroken: a stored room cannot be decoded.
         """
         for partition in partitions:
@@ -65,7 +66,10 @@ class RoomsStore:
             options.set_write_buffer_size(4 * 1024 * 1024)
             path = self._directory / f"p{partition}"
             path.parent.mkdir(parents=True, exist_ok=True)
-            db = Rdict(str(path), options)
+            try:
+                db = Rdict(str(path), options)
+            except Exception as exc:  # rocksdict raises plain Exception (a held lock, an unreadable folder)
+                raise LocalStoreFailed(f"rooms of input partition {partition}: cannot open {path}: {exc}") from exc
             self._dbs[partition] = db
             self._cache[partition] = {}
             self._restore(partition, db)
@@ -146,14 +150,14 @@ class RoomsStore:
             while last < high - 1:
                 message = consumer.poll(5.0)
                 if message is None:
-                    raise KafkaException(
+                    raise KafkaRequestFailed(
                         f"restoring rooms of partition {partition}: no record for 5 s at offset {last + 1} of {high}"
                     )
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
                         break
-                    raise KafkaException(error)
+                    raise KafkaRequestFailed(f"restoring rooms of partition {partition}: {error}")
                 key, value = message.key(), message.value()
                 if key is not None:
                     if value is None:
@@ -166,6 +170,8 @@ class RoomsStore:
             if last >= 0:
                 batch.put(OFFSET_KEY, last.to_bytes(8, "big"))
                 db.write(batch)
+        except KafkaException as exc:
+            raise KafkaRequestFailed(f"restoring rooms of partition {partition}: {exc}") from exc
         finally:
             consumer.close()
         log.info(

@@ -46,6 +46,7 @@ from agents.metrics import Metrics
 from agents.rooms_store import RoomsStore
 from agents.topics import key_partition
 from streams.dead_letter import Reason, dead_letter
+from streams.errors import KafkaRequestFailed
 from streams.interest import Interest
 from streams.matrix import AppserviceID
 from streams.records import encode_routed
@@ -81,6 +82,8 @@ class Router:
         # input partition → the offset after the last record routed (or marker passed)
         self._routed_to: dict[int, int] = {}
         self._committed_at = 0.0  # time.monotonic() of the last commit
+        # Commits failed since the last that succeeded: only the first of a streak is logged.
+        self._failed_commits = 0
         self.started = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -206,7 +209,7 @@ class Router:
                 # then dead for good (a static member fenced after the broker was down longer
                 # than the session): exit 70 rather than run on without routing anything.
                 if error.fatal() or error.code() == KafkaError._FATAL:
-                    raise KafkaException(error)
+                    raise KafkaRequestFailed(f"input consumer: {error}")
                 log.warning("input consumer: %s", error)
                 continue
             partition, offset = message.partition(), message.offset()
@@ -248,7 +251,7 @@ class Router:
         Raises:
             Refused: the broker refused records for a reason a retry will not
                 change (every other record was acknowledged).
-            KafkaException: anything else left unacknowledged (the worker
+            KafkaRequestFailed: anything else left unacknowledged (the worker
                 exits without committing, and the batch is read again).
         """
         s = self._settings
@@ -266,13 +269,13 @@ class Router:
         self.rooms.commit(batch.rooms, acked.changelog_offsets)
 
     def _dead_letter(self, record: InputRecord, reason: Reason, detail: str, producer: Producer) -> None:
-        """Raises: KafkaException when even the (truncated) dead letter is not acknowledged."""
+        """Raises: KafkaRequestFailed when even the (truncated) dead letter is not acknowledged."""
         acked = _Acknowledgements(self._settings.rooms_topic)
         self._produce_dead_letter(record, reason, detail, producer, acked)
         try:
             acked.wait(producer)
         except Refused as exc:
-            raise KafkaException(f"the dead letter of {self._source(record)} was refused too: {exc}") from exc
+            raise KafkaRequestFailed(f"the dead letter of {self._source(record)} was refused too: {exc}") from exc
 
     def _produce_dead_letter(
         self, record: InputRecord, reason: Reason, detail: str, producer: Producer, acked: _Acknowledgements
@@ -290,8 +293,11 @@ class Router:
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         # Runs inside poll/consume, on the router thread.
         if error is not None:
-            log.info("router commit failed (%s); committing again when idle", error)
+            self._commit_failed(error)
             return
+        if self._failed_commits:
+            log.info("router commits succeed again, after %d failed", self._failed_commits)
+            self._failed_commits = 0
         for tp in partitions:
             if tp.error is None and self._uncommitted.get(tp.partition) == tp.offset:
                 del self._uncommitted[tp.partition]
@@ -323,7 +329,17 @@ class Router:
                 else:
                     consumer.commit(offsets=offsets, asynchronous=False)
             except KafkaException as exc:
-                log.info("router commit failed (%s); committing again when idle, if still assigned", exc)
+                self._commit_failed(exc)
+
+    def _commit_failed(self, error: object) -> None:
+        """Log the first failure of a streak; count the rest (the broker down 20 s: 90 lines → 1)."""
+        self._failed_commits += 1
+        if self._failed_commits == 1:
+            log.info(
+                "router commit failed (%s); committing again when idle, if still assigned"
+                " (further failures are counted until one succeeds)",
+                error,
+            )
 
     def _pin_start(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Commit the end of each assigned partition the group never committed, under ``start_from: latest``.
@@ -415,11 +431,11 @@ class _Acknowledgements:
 
         Raises:
             Refused: some were refused for good, all others acknowledged.
-            KafkaException: some are unacknowledged or failed otherwise.
+            KafkaRequestFailed: some are unacknowledged or failed otherwise.
         """
         remaining = producer.flush(FLUSH_TIMEOUT_S)
         if remaining or self.failed:
-            raise KafkaException(
+            raise KafkaRequestFailed(
                 f"router batch not acknowledged: {remaining} records pending after {FLUSH_TIMEOUT_S} s, "
                 f"failed: {self.failed[:3]}, refused: {self.refused[:3]}"
             )

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from agents.metrics import Metrics
 from agents.pipeline import Pipeline
 from streams.delivery import Send
-from streams.machine import Input, Resume, TxnFailed
+from streams.machine import Input, Resume, TxnDeadLettered, TxnFailed, TxnTooLarge
 from streams.matrix import AppserviceID
 from streams.outcome import Outcome as HttpOutcome
 from streams.outcome import as_input
@@ -36,6 +36,7 @@ class Senders:
         self._settle = settle
         self._metrics = metrics
         self._running: dict[tuple[AppserviceID, int], asyncio.Task[None]] = {}
+        self._failing: dict[AppserviceID, str] = {}  # why each appservice's latest attempt failed, until one succeeds
 
     def start(self, send: Send, epoch: int | None) -> None:
         """Start ``send``; ``epoch`` is the ownership epoch of the step that asked for it (None: unknown)."""
@@ -47,6 +48,9 @@ class Senders:
         task.add_done_callback(lambda _: self._running.pop(key, None))
 
     async def _send(self, send: Send, epoch: int | None) -> None:
+        if send.dead_letter is not None:
+            await self._dead_letter(send, epoch)
+            return
         pipeline = self._pipeline
         registration = pipeline.registrations[send.appservice_id]
         outcome: HttpOutcome | None = None
@@ -63,15 +67,48 @@ class Senders:
             result = TxnFailed(send.txn_id, f"internal error: {type(exc).__name__}", None, random.random())
         if self._metrics is not None:
             self._metrics.transaction_done(send, outcome, time.monotonic() - started)
+        if isinstance(result, TxnTooLarge):
+            log.warning(
+                "appservice %s refused txn %s as too large (%s): delivering it in smaller transactions",
+                send.appservice_id,
+                send.txn_id,
+                result.reason,
+            )
         if isinstance(result, TxnFailed):
-            log.info(
+            was = self._failing.get(send.appservice_id)
+            self._failing[send.appservice_id] = result.reason
+            # Loud when what is wrong changes while it is DOWN (a 503 becoming a 404); the first failure
+            # is the deliverer's "is DOWN" line, the same one again is routine.
+            log.log(
+                logging.WARNING if was is not None and was != result.reason else logging.INFO,
                 "appservice %s txn %s attempt %d failed: %s",
                 send.appservice_id,
                 send.txn_id,
                 send.attempt,
-                result.reason,
+                result.reason + (f" (was: {was})" if was is not None and was != result.reason else ""),
             )
+        else:
+            self._failing.pop(send.appservice_id, None)
         self._settle(send, result, epoch)
+
+    async def _dead_letter(self, send: Send, epoch: int | None) -> None:
+        """Write ``send``'s transaction to the dead-letter topic, retrying until Kafka takes it, then settle.
+
+        The machine waits for ``TxnDeadLettered`` (and asks again after a
+        restart), so giving up would stall the appservice; a repeat writes a
+        second copy, never loses one.
+        """
+        assert send.dead_letter is not None
+        while True:
+            try:
+                await self._pipeline.dead_letter_txn(send.appservice_id, send.txn_id, send.body, send.dead_letter)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("could not dead-letter txn %s of %s; retrying", send.txn_id, send.appservice_id)
+                await asyncio.sleep(REPORT_RETRY_S)
+        self._settle(send, TxnDeadLettered(send.txn_id), epoch)
 
     async def stop(self) -> None:
         for task in list(self._running.values()):

@@ -31,7 +31,7 @@ from confluent_kafka import KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient
 
 from agents.kafka_config import confluent_config
-from streams.errors import ConfigError
+from streams.errors import BrokerLostData, ConfigError, KafkaUnavailable
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def topic_ids(settings: Settings, names: list[str], timeout_s: float = 30.0) -> 
     """Kafka's id of each topic in ``names`` that exists.
 
     Raises:
-        ConfigError: the broker cannot be asked.
+        KafkaUnavailable: the broker cannot be asked (naming the topic and servers).
     """
     admin = AdminClient(confluent_config(settings))
     ids: dict[str, str] = {}
@@ -62,7 +62,7 @@ def topic_ids(settings: Settings, names: list[str], timeout_s: float = 30.0) -> 
             ids[name] = str(future.result(timeout_s).topic_id)
         except KafkaException as exc:
             if "UNKNOWN_TOPIC" not in str(exc):
-                raise ConfigError(f"cannot describe topic {name} on {settings.bootstrap_servers}: {exc}") from exc
+                raise KafkaUnavailable(f"cannot describe topic {name} on {settings.bootstrap_servers}: {exc}") from exc
     return ids
 
 
@@ -70,7 +70,9 @@ def check_local_state(settings: Settings, reset: bool = False) -> None:
     """Refuse (or with ``reset``, delete) local state built from topics the broker no longer has; record the ids.
 
     Raises:
-        ConfigError: the state does not match the broker and ``reset`` is false.
+        BrokerLostData: the state does not match the broker and ``reset`` is false.
+        KafkaUnavailable: as ``topic_ids``.
+        ConfigError: the record of topic ids in the state folder cannot be read.
     """
     marker = settings.state_dir / MARKER
     current = topic_ids(settings, state_topics(settings))
@@ -80,7 +82,7 @@ def check_local_state(settings: Settings, reset: bool = False) -> None:
         shutil.rmtree(settings.state_dir)
         log.warning("local state %s deleted (--reset-state): rebuilding it from the broker", settings.state_dir)
     elif replaced:
-        raise ConfigError(
+        raise BrokerLostData(
             f"the local state in {settings.state_dir} was built from topics the broker no longer has"
             f" ({', '.join(replaced)} were deleted or made again: the broker lost its data?); start once with"
             " --reset-state to delete it and rebuild from what the broker has (events only the old topics held are"

@@ -32,6 +32,7 @@ class AppserviceRow:
     oldest_undelivered_s: float
     failed_attempts: int
     last_success_unix: float | None
+    failure_status: int = 0  # while DOWN, the HTTP status of the latest failed attempt (0: none)
 
 
 @dataclass
@@ -83,6 +84,8 @@ def parse(worker: str, text: str) -> tuple[list[AppserviceRow], WorkerRow]:
                 appservice(labels["appservice"]).down_for_s = value
             elif name == "appservice_oldest_undelivered_seconds":
                 appservice(labels["appservice"]).oldest_undelivered_s = value
+            elif name == "appservice_failure_status":
+                appservice(labels["appservice"]).failure_status = int(value)
             elif name == "appservice_failed_attempts":
                 appservice(labels["appservice"]).failed_attempts = int(value)
             elif name == "appservice_last_success_timestamp_seconds":
@@ -166,7 +169,7 @@ def render(
         table.append(
             (
                 r.appservice,
-                r.state,
+                r.state + (f" (HTTP {r.failure_status})" if r.failure_status else ""),
                 "yes" if r.up else "NO",
                 str(sum(r.backlog.values())),
                 str(r.backlog["event"]),

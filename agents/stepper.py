@@ -21,7 +21,7 @@ from agents.topics import key_partition
 from streams.dead_letter import Reason
 from streams.delivery import BodyFormat, Send, run_step
 from streams.errors import BadRecord, InvariantBroken
-from streams.machine import CameUp, Input, MachineConfig, WentDown
+from streams.machine import CameUp, FormSlice, Input, MachineConfig, WentDown
 from streams.matrix import AppserviceID
 from streams.observed import undelivered
 from streams.records import DelayRecord, decode_inbox_record
@@ -134,6 +134,14 @@ class Stepper:
                     appservice_id,
                     notice.down_for_ms,
                     undelivered(result.state),
+                )
+            elif isinstance(notice, FormSlice):
+                log.info(
+                    "appservice %s: txn %s holds %s (events, ephemeral, to-device, device) of refused txn %s",
+                    appservice_id,
+                    notice.txn.txn_id,
+                    list(notice.txn.counts),
+                    notice.source,
                 )
             else:
                 log.debug("appservice %s: %s", appservice_id, notice.reason)

@@ -106,19 +106,18 @@ class TableStore:
         Records go to our confluent-kafka producer (``agents.changelog_producer``),
         not through Faust's ``send_soon`` buffer (drained one record at a time
         by a background task; over 100 records in it and Faust's conductor
-        stops feeding every stream: measured 37 pauses of 50-120 ms in 8 s at
-        2,000 events/s) nor through Faust's aiokafka producer (~0.1 ms of
-        Python per record). Awaiting the returned
+        stops feeding every stream) nor through Faust's aiokafka producer (its
+        Python per record): docs/decisions/changelog-producer.md. Awaiting the returned
         awaitable waits until Kafka acknowledged these records and those of
         every earlier call, then stores each partition's last changelog offset
         in RocksDB, as Faust's own callback does, for warm restarts.
 
         Raises:
-            BufferError, KafkaException: the producer refused a record at once;
-                the records are no longer held here, so the caller must exit
-                without acking (every caller calls ``fatal``).
-            ChangelogDeliveryError: (from the awaitable) Kafka refused a record;
-                the caller must not ack its inputs.
+            ChangelogDeliveryError: the producer refused a record at once; the
+                records are no longer held here, so the caller must exit
+                without acking (every caller calls ``fatal``). From the
+                awaitable: Kafka refused a record; the caller must not ack its
+                inputs.
         """
         async with self._handing_over:
             unsent, self._unsent = self._unsent, []

@@ -60,10 +60,8 @@ def _bound_fetch_wait(app: Any, wait_ms: int) -> None:
     aiokafka keeps one fetch in flight per broker and leaves partitions with
     buffered records out of it; a record arriving on such a partition (a
     routed item, a retry timer) waits until that fetch returns, which with
-    nothing else arriving is the full wait. Measured with 50 appservices at
-    2,000 events/s, when send outcomes still came back through the inbox:
-    outcome record → next PUT took 1.4 s (p50), and latency was seconds at
-    58 % of one core.
+    nothing else arriving is the full wait. Figures: docs/decisions/fetch-wait.md.
+    Private hooks: tests/integration/test_faust_hooks.py checks the effect.
     """
     thread = app.consumer._thread
     create = thread._create_worker_consumer
@@ -105,6 +103,8 @@ def create_pipeline(
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 5),
     )
+    # First: Faust builds its producer with its consumer (below), and the class is read then.
+    make_producer_idempotent(app)
     raw: dict[str, Any] = {
         "key_type": bytes,
         "value_type": bytes,
@@ -117,7 +117,6 @@ def create_pipeline(
     table: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "options": ROCKSDB_OPTIONS}
     appservices = app.Table("appservices", partitions=settings.partitions, **table)
     _bound_fetch_wait(app, settings.fetch_max_wait_ms)
-    make_producer_idempotent(app)
     pipeline = Pipeline(
         settings=settings,
         app=app,

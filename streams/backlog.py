@@ -3,7 +3,7 @@
 Items accepted while a transaction is in flight (or while the appservice is
 DOWN) must survive a crash until they are formed into a transaction. Writing
 one record per item would cost a table write and a changelog record each
-(~2.7k/s measured); instead each step appends one *chunk* per kind. A step
+(docs/decisions/backlog-chunks.md); instead each step appends one *chunk* per kind. A step
 that appends items and forms them into a transaction at once never writes
 them at all.
 

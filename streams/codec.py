@@ -9,7 +9,10 @@ order. Layouts (version 1):
 * appservice:      ``01`` then JSON ``[phase, inflight, attempt, retry_at_ms,
   down_since_ms, last_txn_id, queued, applied, cursor]`` where ``inflight`` is
   ``null`` or ``[txn_id, [n_events, n_ephemeral, n_to_device, n_device]]`` and ``cursor``
-  is four ``[head_chunk, head_pos, tail_chunk]`` lists, one per kind.
+  is four ``[head_chunk, head_pos, tail_chunk]`` lists, one per kind; then, only
+  while a refused transaction is delivered in slices, ``[source_txn_id, total,
+  done, size, dead_lettering]`` (``streams.machine.Split``; counts as four-item
+  lists).
 * transaction:     ``01`` then ``u64 txn_id`` then the exact body bytes sent.
 
 Version 2 of the appservice value carries the in-flight transaction's body
@@ -35,7 +38,7 @@ import orjson
 
 from streams.backlog import BacklogCursor, KindCursor
 from streams.errors import InvariantBroken
-from streams.machine import KINDS, AppserviceState, Phase, Txn, counts
+from streams.machine import KINDS, AppserviceState, Phase, Split, Txn, counts
 from streams.matrix import TxnID
 
 V1 = 1
@@ -78,6 +81,9 @@ def encode_appservice(stored: StoredAppservice) -> bytes:
         [list(p) for p in s.applied],
         cursor,
     ]
+    if s.split is not None:
+        sp = s.split
+        doc.append([sp.source, list(sp.total), list(sp.done), list(sp.size), sp.dead_lettering])
     json = orjson.dumps(doc)
     if stored.inline_body is None:
         return bytes((V1,)) + json
@@ -96,7 +102,11 @@ def decode_appservice(raw: bytes) -> StoredAppservice:
         expect_version(raw, "appservice state")
         json = raw[1:]
     try:
-        phase, inflight, attempt, retry_at, down_since, last_txn_id, queued, applied, cursor = orjson.loads(json)
+        phase, inflight, attempt, retry_at, down_since, last_txn_id, queued, applied, cursor, *more = orjson.loads(json)
+        split = None
+        if more:
+            [[source, total, done, size, dead_lettering]] = more
+            split = Split(TxnID(source), counts(total), counts(done), counts(size), bool(dead_lettering))
         machine = AppserviceState(
             phase=Phase(phase),
             inflight=None if inflight is None else Txn(TxnID(inflight[0]), counts(inflight[1])),
@@ -106,6 +116,7 @@ def decode_appservice(raw: bytes) -> StoredAppservice:
             last_txn_id=last_txn_id,
             queued=counts(queued),
             applied=tuple((p, o) for p, o in applied),
+            split=split,
         )
         kinds = tuple(KindCursor(h, p, t) for h, p, t in cursor)
         if len(kinds) != len(KINDS):

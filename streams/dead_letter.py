@@ -6,7 +6,8 @@ operator can alert and count by it; the free-text detail says what exactly.
 
 Headers of a dead letter (all UTF-8):
 
-* ``reason``: one of ``Reason`` (``malformed``, ``too_large``, ``refused``);
+* ``reason``: one of ``Reason`` (``malformed``, ``too_large``, ``refused``,
+  ``refused_by_appservice``);
 * ``detail``: what was wrong, naming the field where one is at fault;
 * ``source``: where it was read, ``topic[partition]@offset``;
 * ``size``: the original value's length in bytes;
@@ -29,6 +30,9 @@ class Reason(StrEnum):
     MALFORMED = "malformed"  # not a valid envelope or internal record
     TOO_LARGE = "too_large"  # over what one record may carry through the pipeline
     REFUSED = "refused"  # the broker refused to take it on, for a reason a retry will not change
+    # An appservice refused a transaction of this one item as too large (HTTP 413): the value is the
+    # transaction's body, the source ``appservice <id> txn <txn id>``.
+    REFUSED_BY_APPSERVICE = "refused_by_appservice"
 
 
 @dataclass(frozen=True)
@@ -52,3 +56,12 @@ def dead_letter(
         value = value[:MAX_VALUE_BYTES]
         headers.append(("truncated", b"true"))
     return DeadLetter(value, headers)
+
+
+def refused_transaction(appservice_id: str, txn_id: int, body: bytes, detail: str) -> DeadLetter:
+    """The record to write for a transaction of one item an appservice refused as too large."""
+    letter = dead_letter("", 0, 0, body, Reason.REFUSED_BY_APPSERVICE, detail)
+    headers = [
+        (k, f"appservice {appservice_id} txn {txn_id}".encode() if k == "source" else v) for k, v in letter.headers
+    ]
+    return DeadLetter(letter.value, headers)

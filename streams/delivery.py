@@ -55,8 +55,10 @@ from streams.machine import (
     AppserviceState,
     CameUp,
     Command,
+    DeadLetterTxn,
     Enqueue,
     ForgetTxn,
+    FormSlice,
     FormTxn,
     Ignored,
     Input,
@@ -69,7 +71,7 @@ from streams.machine import (
 )
 from streams.matrix import AppserviceID, TxnID
 from streams.records import DelayRecord
-from streams.transaction import build_body
+from streams.transaction import build_body, slice_body
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,13 @@ class BodyFormat:
 
 @dataclass(frozen=True)
 class Send:
+    """A stored transaction to PUT, or, with ``dead_letter`` (why), to write to the dead-letter topic."""
+
     appservice_id: AppserviceID
     txn_id: TxnID
     attempt: int
     body: bytes
+    dead_letter: str | None = None
 
 
 @dataclass
@@ -93,7 +98,7 @@ class StepResult:
     state: AppserviceState
     sends: list[Send] = field(default_factory=list)
     delays: list[DelayRecord] = field(default_factory=list)
-    notices: list[WentDown | CameUp | Ignored] = field(default_factory=list)
+    notices: list[WentDown | CameUp | Ignored | FormSlice] = field(default_factory=list)
 
 
 class _DeletesLast:
@@ -213,6 +218,17 @@ class _Bodies:
                 self._store.put(txn_key(self._id, txn_id, number), part)
             self._store.put(txn_key(self._id, txn_id), head)
 
+    def keep_apart(self, txn_id: TxnID) -> None:
+        """Store ``txn_id``'s body under its own key if it is inline: a refused txn's body outlives its time in
+        flight (its slices are formed from it). The key is one the durable state does not reference yet."""
+        body = self._inline.pop(txn_id, None)
+        if body is None:
+            return
+        head, *parts = encode_txn_parts(StoredTxn(txn_id, body))
+        for number, part in enumerate(parts, start=1):
+            self._store.put(txn_key(self._id, txn_id, number), part)
+        self._store.put(txn_key(self._id, txn_id), head)
+
     def body(self, txn_id: TxnID) -> bytes:
         """Raises: InvariantBroken if the state says the txn is stored and it is not."""
         body = self._formed.get(txn_id)
@@ -254,8 +270,19 @@ def _apply(
             ephemeral_unstable=body_format.ephemeral_unstable,
         )
         bodies.form(command.txn.txn_id, body)
+    elif isinstance(command, FormSlice):
+        bodies.keep_apart(command.source)
+        try:
+            body = slice_body(bodies.body(command.source), command.start, command.txn.counts)
+        except ValueError as exc:
+            raise InvariantBroken(f"stored txn {command.source} of {appservice_id}: {exc}") from exc
+        bodies.form(command.txn.txn_id, body)
+        result.notices.append(command)
     elif isinstance(command, SendTxn):
         result.sends.append(Send(appservice_id, command.txn_id, command.attempt, bodies.body(command.txn_id)))
+    elif isinstance(command, DeadLetterTxn):
+        body = bodies.body(command.txn_id)
+        result.sends.append(Send(appservice_id, command.txn_id, 0, body, dead_letter=command.detail))
     elif isinstance(command, ScheduleRetry):
         result.delays.append(DelayRecord(command.txn_id, command.due_ms, command.attempt))
     elif isinstance(command, ForgetTxn):

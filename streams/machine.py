@@ -25,6 +25,17 @@ Guarantees the transitions keep (and ``tests/unit/test_machine.py`` proves):
 * each input item is accepted once: an item whose source position
   (input partition, offset) was already applied is dropped, which makes
   Faust's at-least-once replays after a crash harmless.
+
+A transaction the appservice refuses as too large (413, ``TxnTooLarge``) is
+never sent again: it is delivered in *slices* (``Split``), each a new
+transaction with a fresh id, formed from its stored body: the first half of
+each kind's items, then the next, in order; a refused slice is halved again.
+A slice of one item still refused is dead-lettered (``DeadLetterTxn``, an
+effect like a send, so it is durable before the state moves past it; its
+``TxnDeadLettered`` outcome moves on) and delivery goes on. The refused
+transaction's body stays stored until its last slice is done. Other 4xx are
+retried like any failure: a wrong URL is mended by the operator, and
+dropping data would be worse.
 """
 
 from __future__ import annotations
@@ -98,6 +109,32 @@ class Txn:
     counts: Counts
 
 
+def units(of: Counts) -> int:
+    """What a transaction can be split into: each event, ephemeral and to-device item, and the device summary."""
+    return of[ItemKind.EVENT] + of[ItemKind.EPHEMERAL] + of[ItemKind.TO_DEVICE] + (1 if of[ItemKind.DEVICE] else 0)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A transaction refused as too large, delivered in slices of at most ``size`` items per kind.
+
+    ``source`` keeps its stored body until every slice is delivered or
+    dead-lettered; ``done`` counts its items already out, from the head of
+    each kind. ``dead_lettering``: the slice in flight is one item still
+    refused, being written to the dead-letter topic.
+    """
+
+    source: TxnID
+    total: Counts
+    done: Counts
+    size: Counts
+    dead_lettering: bool = False
+
+    @property
+    def left(self) -> Counts:
+        return counts([total - done for total, done in zip(self.total, self.done, strict=True)])
+
+
 @dataclass(frozen=True)
 class MachineConfig:
     unit_ms: int = 1000
@@ -115,11 +152,19 @@ class AppserviceState:
     queued: Counts = NO_ITEMS
     # Highest input offset applied, per input partition, sorted by partition.
     applied: tuple[tuple[int, int], ...] = ()
+    split: Split | None = None  # a refused transaction being delivered in slices
 
     @property
     def backlog(self) -> int:
         """Items accepted but not yet in a transaction."""
         return sum(self.queued)
+
+    @property
+    def in_transit(self) -> Counts:
+        """Items taken into transactions and not yet delivered: the one in flight, or what a split has left."""
+        if self.split is not None:
+            return self.split.left
+        return self.inflight.counts if self.inflight is not None else NO_ITEMS
 
 
 # ---------------------------------------------------------------- inputs
@@ -144,6 +189,21 @@ class TxnFailed:
 
 
 @dataclass(frozen=True)
+class TxnTooLarge:
+    """The appservice refused the transaction as too large (HTTP 413): resending it cannot succeed."""
+
+    txn_id: TxnID
+    reason: str
+
+
+@dataclass(frozen=True)
+class TxnDeadLettered:
+    """The transaction in flight is in the dead-letter topic (acknowledged): delivery goes on."""
+
+    txn_id: TxnID
+
+
+@dataclass(frozen=True)
 class RetryDue:
     txn_id: TxnID
 
@@ -158,7 +218,7 @@ class PingSucceeded:
     """The appservice answered a ping: retry a backing-off txn right now."""
 
 
-Input = ItemsArrived | TxnSucceeded | TxnFailed | RetryDue | Resume | PingSucceeded
+Input = ItemsArrived | TxnSucceeded | TxnFailed | TxnTooLarge | TxnDeadLettered | RetryDue | Resume | PingSucceeded
 
 # --------------------------------------------------------------- commands
 
@@ -177,6 +237,24 @@ class FormTxn:
     durably as transaction ``txn.txn_id``."""
 
     txn: Txn
+
+
+@dataclass(frozen=True)
+class FormSlice:
+    """Store as ``txn.txn_id`` the ``txn.counts`` items of stored transaction ``source`` that follow the first
+    ``start`` of each kind (the device summary goes whole with the slice whose ``counts`` has any)."""
+
+    txn: Txn
+    source: TxnID
+    start: Counts
+
+
+@dataclass(frozen=True)
+class DeadLetterTxn:
+    """Write the stored transaction to the dead-letter topic; answer ``TxnDeadLettered`` once Kafka has it."""
+
+    txn_id: TxnID
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -220,7 +298,9 @@ class Ignored:
     reason: str
 
 
-Command = Enqueue | FormTxn | SendTxn | ScheduleRetry | ForgetTxn | WentDown | CameUp | Ignored
+Command = (
+    Enqueue | FormTxn | FormSlice | SendTxn | DeadLetterTxn | ScheduleRetry | ForgetTxn | WentDown | CameUp | Ignored
+)
 Commands = list[Command]
 
 # ------------------------------------------------------------ transitions
@@ -233,7 +313,7 @@ def step(state: AppserviceState, event: Input, now_ms: int, config: MachineConfi
         InvariantBroken: a (phase, input) pair that has no transition, or a
             state that breaks the invariants above. Either is our bug.
     """
-    if isinstance(event, (TxnSucceeded, TxnFailed, RetryDue)):
+    if isinstance(event, (TxnSucceeded, TxnFailed, TxnTooLarge, TxnDeadLettered, RetryDue)):
         current = state.inflight.txn_id if state.inflight else None
         if event.txn_id != current:
             return state, [Ignored(f"{type(event).__name__} for txn {event.txn_id}, in flight: {current}")]
@@ -256,6 +336,9 @@ def _check(state: AppserviceState) -> None:
         raise InvariantBroken("BACKING_OFF without a retry time")
     if min(state.queued) < 0:
         raise InvariantBroken(f"negative queue {state.queued}")
+    split = state.split
+    if split is not None and (state.inflight is None or min(split.left) < 0 or not units(split.size)):
+        raise InvariantBroken(f"split {split} with inflight {state.inflight}")
 
 
 def _next_txn_id(state: AppserviceState, now_ms: int) -> int:
@@ -322,14 +405,108 @@ def _items_arrived(
 def _succeeded(
     state: AppserviceState, event: TxnSucceeded, now_ms: int, config: MachineConfig, out: Commands
 ) -> AppserviceState:
-    out.append(ForgetTxn(event.txn_id))
     if state.phase.is_down:
         since = state.down_since_ms if state.down_since_ms is not None else now_ms
         out.append(CameUp(event.txn_id, max(0, now_ms - since)))
-    state = replace(state, phase=Phase.IDLE, inflight=None, attempt=0, retry_at_ms=None, down_since_ms=None)
-    if state.backlog:
+    state = replace(state, phase=Phase.SENDING, attempt=0, retry_at_ms=None, down_since_ms=None)
+    return _next(state, now_ms, config, out)
+
+
+def _next(state: AppserviceState, now_ms: int, config: MachineConfig, out: Commands) -> AppserviceState:
+    """The txn in flight is out (delivered or dead-lettered): forget it, then form the next slice or txn."""
+    assert state.inflight is not None
+    done = state.inflight
+    split = state.split
+    if split is None or done.txn_id != split.source:
+        out.append(ForgetTxn(done.txn_id))
+    if split is not None:
+        split = replace(
+            split,
+            done=counts([d + n for d, n in zip(split.done, done.counts, strict=True)]),
+            dead_lettering=False,
+        )
+        if not units(split.left):
+            out.append(ForgetTxn(split.source))
+            split = None
+    was_down = state.phase.is_down
+    state = replace(state, phase=Phase.IDLE, inflight=None, split=None, attempt=0, retry_at_ms=None)
+    if split is not None:
+        state = _form_slice(state, split, now_ms, out)
+    elif state.backlog:
         state = _form_and_send(state, now_ms, config, out)
+    if was_down and state.inflight is not None:
+        return replace(state, phase=Phase.RETRYING)  # still down: nothing was accepted
+    if was_down:
+        since = state.down_since_ms if state.down_since_ms is not None else now_ms
+        out.append(CameUp(done.txn_id, max(0, now_ms - since)))
+        state = replace(state, down_since_ms=None)
     return state
+
+
+def _halve(of: Counts) -> Counts:
+    """The first half of each kind (the device summary goes whole); a single item of the first kind if no kind
+    has two."""
+    half = counts([(n + 1) // 2 for n in of[: ItemKind.DEVICE]] + [of[ItemKind.DEVICE]])
+    if units(half) < units(of):
+        return half
+    first = next(kind for kind in KINDS if of[kind])
+    return counts([of[kind] if kind is first else 0 for kind in KINDS])
+
+
+def _form_slice(state: AppserviceState, split: Split, now_ms: int, out: Commands) -> AppserviceState:
+    """Form and send the next slice of ``split``: up to ``split.size`` of each kind from what it has left."""
+    left = split.left
+    taking = counts(
+        [min(n, limit) for n, limit in zip(left[: ItemKind.DEVICE], split.size[: ItemKind.DEVICE], strict=True)]
+        + [left[ItemKind.DEVICE] if split.size[ItemKind.DEVICE] else 0]
+    )
+    if not units(taking):  # what is left is of kinds the size leaves out: one item of the first
+        taking = _halve(counts([min(n, 1) for n in left[: ItemKind.DEVICE]] + [left[ItemKind.DEVICE]]))
+    txn = Txn(TxnID(_next_txn_id(state, now_ms)), taking)
+    out.append(FormSlice(txn, split.source, split.done))
+    out.append(SendTxn(txn.txn_id, 0))
+    return replace(
+        state, phase=Phase.SENDING, inflight=txn, last_txn_id=txn.txn_id, split=split, attempt=0, retry_at_ms=None
+    )
+
+
+def _too_large(
+    state: AppserviceState, event: TxnTooLarge, now_ms: int, config: MachineConfig, out: Commands
+) -> AppserviceState:
+    refused = state.inflight
+    assert refused is not None
+    if state.phase.is_down:
+        # It answered: it is up, and refuses this txn for its size alone.
+        since = state.down_since_ms if state.down_since_ms is not None else now_ms
+        out.append(CameUp(refused.txn_id, max(0, now_ms - since)))
+        state = replace(state, phase=Phase.SENDING, attempt=0, retry_at_ms=None, down_since_ms=None)
+    split = state.split or Split(refused.txn_id, refused.counts, NO_ITEMS, refused.counts)
+    if units(refused.counts) <= 1:
+        detail = f"txn {refused.txn_id} of one item refused as too large: {event.reason}"
+        out.append(DeadLetterTxn(refused.txn_id, detail))
+        return replace(state, split=replace(split, dead_lettering=True))
+    if refused.txn_id != split.source:
+        out.append(ForgetTxn(refused.txn_id))  # a slice: its items are still in the source
+    split = replace(split, size=_halve(refused.counts))
+    return _form_slice(replace(state, inflight=None), split, now_ms, out)
+
+
+def _dead_lettered(
+    state: AppserviceState, event: TxnDeadLettered, now_ms: int, config: MachineConfig, out: Commands
+) -> AppserviceState:
+    if state.split is None or not state.split.dead_lettering:
+        out.append(Ignored(f"txn {event.txn_id} is not being dead-lettered"))
+        return state
+    return _next(state, now_ms, config, out)
+
+
+def _attempt(state: AppserviceState) -> SendTxn | DeadLetterTxn:
+    """What carrying on with the txn in flight means: sending it, or dead-lettering it if that had begun."""
+    assert state.inflight is not None
+    txn_id = state.inflight.txn_id
+    if state.split is not None and state.split.dead_lettering:
+        return DeadLetterTxn(txn_id, f"txn {txn_id} of one item refused as too large")
+    return SendTxn(txn_id, state.attempt)
 
 
 def _failed(
@@ -357,23 +534,21 @@ def _retry_due(
         # Woken early (a replayed timer, another worker's clock): re-arm.
         out.append(ScheduleRetry(event.txn_id, state.retry_at_ms, state.attempt))
         return state
-    out.append(SendTxn(event.txn_id, state.attempt))
+    out.append(_attempt(state))
     return replace(state, phase=Phase.RETRYING)
 
 
 def _retry_now(
     state: AppserviceState, event: PingSucceeded, now_ms: int, config: MachineConfig, out: Commands
 ) -> AppserviceState:
-    assert state.inflight is not None
-    out.append(SendTxn(state.inflight.txn_id, state.attempt))
+    out.append(_attempt(state))
     return replace(state, phase=Phase.RETRYING)
 
 
 def _resend(
     state: AppserviceState, event: Resume, now_ms: int, config: MachineConfig, out: Commands
 ) -> AppserviceState:
-    assert state.inflight is not None
-    out.append(SendTxn(state.inflight.txn_id, state.attempt))
+    out.append(_attempt(state))
     return state
 
 
@@ -406,6 +581,8 @@ _TRANSITIONS: dict[tuple[Phase, type], _Handler] = {
     (Phase.SENDING, ItemsArrived): _items_arrived,
     (Phase.SENDING, TxnSucceeded): _succeeded,
     (Phase.SENDING, TxnFailed): _failed,
+    (Phase.SENDING, TxnTooLarge): _too_large,
+    (Phase.SENDING, TxnDeadLettered): _dead_lettered,
     (Phase.SENDING, RetryDue): _ignore("not backing off"),
     (Phase.SENDING, Resume): _resend,
     (Phase.SENDING, PingSucceeded): _ignore("already sending"),
@@ -413,12 +590,16 @@ _TRANSITIONS: dict[tuple[Phase, type], _Handler] = {
     # A late success of an earlier attempt: same id, same body, delivered.
     (Phase.BACKING_OFF, TxnSucceeded): _succeeded,
     (Phase.BACKING_OFF, TxnFailed): _ignore("already backing off"),
+    (Phase.BACKING_OFF, TxnTooLarge): _ignore("already backing off"),
+    (Phase.BACKING_OFF, TxnDeadLettered): _dead_lettered,
     (Phase.BACKING_OFF, RetryDue): _retry_due,
     (Phase.BACKING_OFF, Resume): _rearm,
     (Phase.BACKING_OFF, PingSucceeded): _retry_now,
     (Phase.RETRYING, ItemsArrived): _items_arrived,
     (Phase.RETRYING, TxnSucceeded): _succeeded,
     (Phase.RETRYING, TxnFailed): _failed,
+    (Phase.RETRYING, TxnTooLarge): _too_large,
+    (Phase.RETRYING, TxnDeadLettered): _dead_lettered,
     (Phase.RETRYING, RetryDue): _ignore("retry already in flight"),
     (Phase.RETRYING, Resume): _resend,
     (Phase.RETRYING, PingSucceeded): _ignore("retry already in flight"),

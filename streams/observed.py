@@ -45,8 +45,8 @@ class AppserviceView:
 
 
 def _undelivered_counts(state: AppserviceState) -> Counts:
-    inflight = state.inflight.counts if state.inflight is not None else NO_ITEMS
-    return counts([queued + sent for queued, sent in zip(state.queued, inflight, strict=True)])
+    # In transit: the txn in flight, or all a refused txn delivered in slices has left.
+    return counts([queued + sent for queued, sent in zip(state.queued, state.in_transit, strict=True)])
 
 
 def view(state: AppserviceState, now_ms: int, oldest_ms: int | None = None) -> AppserviceView:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 
-from streams.machine import TxnFailed, TxnSucceeded
+from streams.machine import TxnFailed, TxnSucceeded, TxnTooLarge
 from streams.matrix import TxnID
 
 
@@ -51,11 +52,50 @@ class ConnectFailed:
 
 Outcome = Delivered | HttpError | TimedOut | ConnectFailed
 
+# The longest wait an appservice may ask for: the backoff's own cap (2^9 s).
+# A larger value is cut here, so no input or inbox record carries an absurd
+# (or, beyond 2^63, unencodable) delay.
+MAX_RETRY_AFTER_MS = 512_000
 
-def as_input(outcome: Outcome, txn_id: TxnID, *, jitter: float) -> TxnSucceeded | TxnFailed:
+
+def retry_after_ms(header: str | None, body: object, *, now_ms: int) -> int | None:
+    """How long an appservice asked us to wait, in ms, bounded to ``MAX_RETRY_AFTER_MS``; None if it did not.
+
+    ``header`` is the ``Retry-After`` value: delay-seconds or an HTTP-date
+    (RFC 9110 §10.2.3; a date in the past means 0). Without a valid header,
+    the Matrix error body's ``retry_after_ms`` (``M_LIMIT_EXCEEDED``) counts.
+    ``now_ms`` (Unix time) is an input: this stays pure.
+    """
+    value = _header_ms(header.strip(), now_ms) if header else None
+    if value is None and isinstance(body, dict):
+        field = body.get("retry_after_ms")
+        if isinstance(field, int) and not isinstance(field, bool) and field >= 0:
+            value = field
+    return None if value is None else min(value, MAX_RETRY_AFTER_MS)
+
+
+def _header_ms(header: str, now_ms: int) -> int | None:
+    if header.isascii() and header.isdigit():
+        return int(header) * 1000 if len(header) <= 9 else MAX_RETRY_AFTER_MS  # int() of 5,000 digits raises
+    try:
+        when = parsedate_to_datetime(header)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None  # an HTTP-date is always GMT; a date without a zone is not one
+    return max(0, int(when.timestamp() * 1000) - now_ms)
+
+
+# Answers that say the transaction itself is too large: resending it as it is can never succeed.
+TOO_LARGE = 413
+
+
+def as_input(outcome: Outcome, txn_id: TxnID, *, jitter: float) -> TxnSucceeded | TxnFailed | TxnTooLarge:
     """The machine input for ``outcome`` of sending ``txn_id``."""
     if isinstance(outcome, Delivered):
         return TxnSucceeded(txn_id)
+    if isinstance(outcome, HttpError) and outcome.status == TOO_LARGE:
+        return TxnTooLarge(txn_id, outcome.describe())
     retry_after = outcome.retry_after_ms if isinstance(outcome, HttpError) else None
     return TxnFailed(txn_id, outcome.describe(), retry_after, jitter)
 

@@ -18,6 +18,8 @@ Binary layout, version 1 (integers big-endian)::
                      items, each: kind:u8 src_partition:u32 src_offset:u64 length:u32 payload
     inbox succeeded  01 'S' txn_id:u64
     inbox failed     01 'F' txn_id:u64 retry_after_ms:i64 (-1 = none) reason:utf8
+    inbox too large  01 'L' txn_id:u64 reason:utf8
+    inbox dead-lettered 01 'X' txn_id:u64
     inbox retry due  01 'D' txn_id:u64
     inbox resume     01 'R'
     inbox ping ok    01 'P'
@@ -40,8 +42,10 @@ from streams.machine import (
     Resume,
     RetryDue,
     SourcePosition,
+    TxnDeadLettered,
     TxnFailed,
     TxnSucceeded,
+    TxnTooLarge,
 )
 from streams.matrix import AppserviceID, TxnID
 
@@ -129,9 +133,15 @@ def decode_routed(raw: bytes) -> list[tuple[AppserviceID, ItemsArrived]]:
     return groups
 
 
-def encode_outcome(event: TxnSucceeded | TxnFailed | RetryDue | Resume | PingSucceeded) -> bytes:
+def encode_outcome(
+    event: TxnSucceeded | TxnFailed | TxnTooLarge | TxnDeadLettered | RetryDue | Resume | PingSucceeded,
+) -> bytes:
     if isinstance(event, TxnSucceeded):
         return _TXN.pack(V1, b"S", event.txn_id)
+    if isinstance(event, TxnTooLarge):
+        return _TXN.pack(V1, b"L", event.txn_id) + event.reason.encode()
+    if isinstance(event, TxnDeadLettered):
+        return _TXN.pack(V1, b"X", event.txn_id)
     if isinstance(event, TxnFailed):
         retry_after = -1 if event.retry_after_ms is None else event.retry_after_ms
         return _FAILED.pack(V1, b"F", event.txn_id, retry_after) + event.reason.encode()
@@ -180,6 +190,10 @@ def decode_inbox(raw: bytes | None, *, jitter: float = 0.0) -> Input:
             _, _, txn_id, retry_after = _FAILED.unpack_from(raw)
             reason = raw[_FAILED.size :].decode(errors="replace")
             return TxnFailed(TxnID(txn_id), reason, None if retry_after < 0 else retry_after, jitter)
+        if tag == b"L":
+            return TxnTooLarge(TxnID(_TXN.unpack_from(raw)[2]), raw[_TXN.size :].decode(errors="replace"))
+        if tag == b"X":
+            return TxnDeadLettered(TxnID(_TXN.unpack_from(raw)[2]))
         if tag == b"D":
             return RetryDue(TxnID(_TXN.unpack_from(raw)[2]))
         if tag == b"R":

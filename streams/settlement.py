@@ -10,8 +10,7 @@ record: one produce, one fetch and a fetch wait less per txn.
 
 Settling at once instead lets outcomes overtake a backlog: each next txn
 takes only what was stepped so far, txns shrink, the txn rate and its cost
-grow, the backlog grows with them (measured at 2,000 events/s: 1.7 events
-per txn, 0.9 s behind and growing).
+grow, the backlog grows with them (measured: docs/decisions/settle-in-process.md).
 
 Pure: offsets and a clock in, outcomes out.
 """

@@ -97,3 +97,38 @@ def build_body(
         for key, value in merge_device_data(device).items():
             parts.append(orjson.dumps(key) + b":" + orjson.dumps(value))
     return b",".join(parts) + b"}"
+
+
+_DEVICE_KEYS = (DEVICE_LISTS_MSC3202, OTK_COUNT_MSC3202, OTK_COUNT_MSC3202_SYNAPSE, FALLBACK_KEYS_MSC3202)
+
+
+def slice_body(body: bytes, start: Sequence[int], count: Sequence[int]) -> bytes:
+    """A transaction body holding ``count[kind]`` items of ``body`` from ``start[kind]`` on, per kind.
+
+    Kinds in ``streams.machine.ItemKind`` order: events, ephemeral, to-device,
+    then the device summary, which goes whole (with its keys as ``body`` has
+    them) when ``count`` has any device item. ``body`` was built by
+    ``build_body`` from orjson-serialized items, so re-serializing an item
+    gives its bytes back: a slice is what ``build_body`` would have made of
+    those items, under the same keys.
+
+    Raises: ValueError when ``body`` is not a transaction body.
+    """
+    doc = orjson.loads(body)
+    if not isinstance(doc, dict) or not isinstance(doc.get(EVENTS), list):
+        raise ValueError("not a transaction body")
+
+    def items(*keys: str, kind: int) -> list[bytes]:
+        found: list[Any] = next((doc[k] for k in keys if isinstance(doc.get(k), list)), [])
+        return [orjson.dumps(item) for item in found[start[kind] : start[kind] + count[kind]]]
+
+    events = items(EVENTS, kind=0)
+    ephemeral = items(EPHEMERAL, EPHEMERAL_MSC2409, kind=1)
+    to_device = items(TO_DEVICE, TO_DEVICE_MSC2409, kind=2)
+    sliced = build_body(
+        events, ephemeral, to_device, ephemeral_stable=EPHEMERAL in doc, ephemeral_unstable=EPHEMERAL_MSC2409 in doc
+    )
+    if not count[3]:
+        return sliced
+    device = [orjson.dumps(key) + b":" + orjson.dumps(doc[key]) for key in _DEVICE_KEYS if key in doc]
+    return b",".join([sliced[:-1], *device]) + b"}" if device else sliced

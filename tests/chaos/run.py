@@ -1,15 +1,19 @@
-"""The chaos check: a ledger of events through several workers while workers, the broker and appservices fail.
+"""The chaos check: a ledger of events through several workers while workers, brokers and appservices fail.
 
     python -m tests.chaos --duration 300 --workers 3 --appservices 4 --rate 100
+    python -m tests.chaos --brokers 3 --duration 180   # on the three-broker cluster
 
 Runs against the local broker (``APPSERVICE_STREAMS_KAFKA_PORT``, default
-9092; started if needed). For ``duration_s`` it produces events at ``rate``
+9092; started if needed), or with ``--brokers 3`` against the local
+three-broker KRaft cluster (``APPSERVICE_STREAMS_KAFKA_CLUSTER_PORT``, else
+the single broker's port + 8), where every topic has 3 replicas and
+``min.insync.replicas`` 2. For ``duration_s`` it produces events at ``rate``
 per second to several appservices in several rooms (the ledger), while at
 random moments (seeded) it:
 
 * SIGKILLs a worker and restarts it 0.5-3 s later;
-* SIGKILLs the broker and starts it again 2-6 s later (``--no-broker-kills``
-  to skip);
+* SIGKILLs the broker (on the cluster: one node, drawn at random, never two
+  at once) and starts it again 2-6 s later (``--no-broker-kills`` to skip);
 * makes an appservice fail its next 1-5 transactions (500 or 503);
 * makes an appservice hang (responses held) for 2-5 s.
 
@@ -38,15 +42,21 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
+from agents.local_cluster import LocalCluster
 from agents.local_kafka import LocalKafka
 from agents.logs import KAFKA_LOGGER as KAFKA_LOG
-from agents.topics import delete_prefixed, ensure_topic
+from agents.topics import ONE_REPLICA, delete_prefixed, ensure_topic
+from streams.kafka_settings import TopicReplication
 from tests.chaos.ledger import Ledger, Request, Verdict, verify
 from tests.support.recording_appservice import RecordingAppservice
 from tests.support.worker_process import WorkerProcess, write_registration
 
 MAX_OVERRUN_S = 120.0  # how long load and faults may go on past the duration to inject every kind once
+CLUSTER_REPLICATION = TopicReplication(3, 2)  # one node down and every write still lands on two
+
+Brokers = LocalKafka | LocalCluster
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,9 @@ class ChaosReport:
     produce_failed: int  # records Kafka never acknowledged to the producer (not in the ledger)
     drained_in_s: float
     elapsed_s: float
+    brokers: int = 1
+    broker_kills_by_node: dict[str, int] = field(default_factory=dict)  # node id → SIGKILLs (cluster only)
+    topic_replicas: dict[str, int] = field(default_factory=dict)  # replica count → the run's topics with it
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -78,7 +91,7 @@ class ChaosReport:
 
 
 class _Chaos:
-    def __init__(self, config: ChaosConfig, kafka: LocalKafka, workdir: Path) -> None:
+    def __init__(self, config: ChaosConfig, kafka: Brokers, workdir: Path) -> None:
         self.config = config
         self.kafka = kafka
         self.workdir = workdir
@@ -92,6 +105,7 @@ class _Chaos:
         self.ledger = Ledger()
         self.failed_ids: set[str] = set()
         self.faults: Counter[str] = Counter()
+        self.node_kills: Counter[str] = Counter()
         self.exits: Counter[str] = Counter()
         self.broker_down = asyncio.Event()
         self.injecting_done = asyncio.Event()
@@ -107,7 +121,8 @@ class _Chaos:
             await appservice.start()
             write_registration(self.registrations, appservice_id, appservice.url)
             self.appservices[appservice_id] = appservice
-        ensure_topic(self.kafka.bootstrap, self.topic, 8)
+        replication = CLUSTER_REPLICATION if isinstance(self.kafka, LocalCluster) else ONE_REPLICA
+        ensure_topic(self.kafka.bootstrap, self.topic, 8, replication=replication)
         for n in range(self.config.workers):
             worker = WorkerProcess(
                 registrations=self.registrations,
@@ -116,7 +131,12 @@ class _Chaos:
                 data_dir=self.workdir / f"worker{n}",
                 log_path=self.workdir / f"worker{n}.log",
                 instance=f"w{n}",
-                extra_env={"APPSERVICE_STREAMS_START_FROM": "earliest"},
+                extra_env={
+                    "APPSERVICE_STREAMS_START_FROM": "earliest",
+                    "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
+                    "APPSERVICE_STREAMS_REPLICATION_FACTOR": str(replication.factor),
+                    "APPSERVICE_STREAMS_MIN_INSYNC_REPLICAS": str(replication.min_insync_replicas),
+                },
             )
             worker.start(wait=False)
             self.workers.append(worker)
@@ -228,13 +248,19 @@ class _Chaos:
             self.injecting_done.set()
 
     async def kill_broker(self, down_s: float) -> None:
-        pid = self.kafka.status().pid
-        if pid is None:
-            return
+        """SIGKILL the broker (on a cluster: one node at random) and start it again ``down_s`` later."""
         self.broker_down.set()
-        os.kill(pid, signal.SIGKILL)
+        if isinstance(self.kafka, LocalCluster):
+            index = self.random.randrange(self.kafka.brokers)
+            await asyncio.to_thread(self.kafka.kill, index)
+            self.node_kills[str(index + 1)] += 1
+        else:
+            pid = self.kafka.status().pid
+            if pid is None:
+                return
+            os.kill(pid, signal.SIGKILL)
         await asyncio.sleep(down_s)
-        await asyncio.to_thread(self.kafka.start, 120)
+        await asyncio.to_thread(self.kafka.start, 120)  # starts what is not running
         self.broker_down.clear()
 
     async def supervise(self, stop: asyncio.Event) -> None:
@@ -250,6 +276,16 @@ class _Chaos:
                 await asyncio.wait_for(stop.wait(), 0.5)
 
     # ------------------------------------------------------------------ verdict
+
+    def topic_replicas(self) -> dict[str, int]:
+        """How many of the run's topics (the worker's, Faust's, the input) have each replica count."""
+        admin = AdminClient({"bootstrap.servers": self.kafka.bootstrap, "logger": KAFKA_LOG})
+        topics = admin.list_topics(timeout=30).topics
+        counts: Counter[str] = Counter()
+        for name, topic in topics.items():
+            if name.startswith((self.app_id, self.topic)):
+                counts[str(min(len(p.replicas) for p in topic.partitions.values()))] += 1
+        return dict(counts)
 
     def received(self) -> dict[str, list[Request]]:
         return {
@@ -273,7 +309,7 @@ class _Chaos:
         return time.monotonic() - started
 
 
-async def run_chaos(config: ChaosConfig, kafka: LocalKafka, workdir: Path) -> ChaosReport:
+async def run_chaos(config: ChaosConfig, kafka: Brokers, workdir: Path) -> ChaosReport:
     """Run one chaos check; the report's verdict says what was lost, reordered or resent wrongly."""
     started = time.monotonic()
     chaos = _Chaos(config, kafka, workdir)
@@ -283,8 +319,7 @@ async def run_chaos(config: ChaosConfig, kafka: LocalKafka, workdir: Path) -> Ch
         supervisor = asyncio.create_task(chaos.supervise(stop_supervising))
         until = time.monotonic() + config.duration_s
         produced, _ = await asyncio.gather(chaos.produce(until), chaos.inject(until))
-        if chaos.kafka.status().pid is None:
-            await asyncio.to_thread(chaos.kafka.start, 120)
+        await asyncio.to_thread(chaos.kafka.start, 120)  # idempotent: whatever a fault left down
         for appservice in chaos.appservices.values():
             appservice.release()
         for worker in chaos.workers:  # every worker runs for the drain
@@ -309,6 +344,9 @@ async def run_chaos(config: ChaosConfig, kafka: LocalKafka, workdir: Path) -> Ch
             produce_failed=len(chaos.failed_ids),
             drained_in_s=round(drained_in, 2),
             elapsed_s=round(time.monotonic() - started, 1),
+            brokers=kafka.brokers if isinstance(kafka, LocalCluster) else 1,
+            broker_kills_by_node=dict(chaos.node_kills),
+            topic_replicas=await asyncio.to_thread(chaos.topic_replicas),
             notes=chaos.notes,
         )
     finally:

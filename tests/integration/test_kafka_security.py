@@ -5,12 +5,18 @@ and SASL PLAIN: a client missing any of them (a confluent-kafka consumer or
 producer, an admin client, a side consumer, Faust's aiokafka consumer or
 producer) cannot connect, and the worker would not deliver. Its plaintext
 listener is used by the test alone, to delete its topics.
+
+A second broker's client listener is SASL_PLAINTEXT with SCRAM-SHA-512 only,
+the user's credentials added when its storage is formatted (KRaft has no
+ZooKeeper to hold them): a worker delivers through it, and one given a wrong
+password stops at start-up with one line and exit code 2.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -27,6 +33,7 @@ from agents.producer import EventProducer
 from agents.topics import delete_prefixed
 from streams.kafka_settings import KafkaSecurity
 from tests.integration.events import message, numbers
+from tests.integration.test_cli import one_line_error, run
 from tests.support.recording_appservice import RecordingAppservice
 from tests.support.worker_process import WorkerProcess, write_registration
 
@@ -145,3 +152,150 @@ async def test_a_worker_delivers_through_a_broker_that_requires_sasl_over_tls_wi
         worker.stop()
         await appservice.stop()
         delete_prefixed(broker.bootstrap, (worker.app_id, worker.input_topic))
+
+
+def _security_env(security: KafkaSecurity) -> dict[str, str]:
+    """The ``KAFKA_*`` variables that configure ``security`` (no TLS files)."""
+    assert security.sasl_mechanism and security.sasl_username and security.sasl_password
+    return {
+        "KAFKA_SECURITY_PROTOCOL": security.protocol,
+        "KAFKA_SASL_MECHANISM": security.sasl_mechanism,
+        "KAFKA_SASL_USERNAME": security.sasl_username,
+        "KAFKA_SASL_PASSWORD": security.sasl_password,
+    }
+
+
+@pytest.fixture(scope="module")
+def scram() -> Iterator[tuple[LocalKafka, str, KafkaSecurity]]:
+    """A lone broker with a SASL_PLAINTEXT client listener taking SCRAM-SHA-512 only; (broker, address, security).
+
+    Its ports: ``APPSERVICE_STREAMS_KAFKA_SCRAM_PORT``, else the single
+    broker's + 18 (plaintext, controller, SCRAM listener). The user's password
+    is made for this run and given to ``kafka-storage format --add-scram``.
+    """
+    single = int(os.environ.get("APPSERVICE_STREAMS_KAFKA_PORT") or 9092)
+    port = int(os.environ.get("APPSERVICE_STREAMS_KAFKA_SCRAM_PORT") or single + 18)
+    sasl = port + 2
+    password = secrets.token_hex(12)
+    broker = LocalKafka(
+        root=ROOT,
+        port=port,  # plaintext: readiness checks and the test's clean-up
+        controller_port=port + 1,
+        node_dir="scram",
+        max_heap="512m",
+        extra_properties=(
+            (
+                "listeners",
+                f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1},SASL_PLAINTEXT://127.0.0.1:{sasl}",
+            ),
+            ("advertised.listeners", f"PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sasl}"),
+            (
+                "listener.security.protocol.map",
+                "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            ),
+            ("sasl.enabled.mechanisms", "SCRAM-SHA-512"),
+            (
+                "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config",
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            ),
+        ),
+        format_args=("--add-scram", f"SCRAM-SHA-512=[name=worker,password={password}]"),
+    )
+    shutil.rmtree(broker.node_home, ignore_errors=True)  # credentials are only added to fresh storage
+    broker.start()
+    security = KafkaSecurity(
+        protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512", sasl_username="worker", sasl_password=password
+    )
+    yield broker, f"127.0.0.1:{sasl}", security
+    broker.stop()
+    shutil.rmtree(broker.node_home, ignore_errors=True)
+
+
+async def test_a_worker_delivers_through_a_broker_that_takes_only_scram_sha_512(
+    scram: tuple[LocalKafka, str, KafkaSecurity], tmp_path: Path, registrations: Path, run_id: str
+) -> None:
+    broker, address, security = scram
+    appservice = RecordingAppservice()
+    await appservice.start()
+    write_registration(registrations, "alpha", appservice.url)
+    worker = WorkerProcess(
+        registrations=registrations,
+        app_id=f"scram-{run_id}",
+        input_topic=f"matrix.events.scram-{run_id}",
+        data_dir=tmp_path / "data",
+        log_path=tmp_path / "worker.log",
+        extra_env={"KAFKA_BOOTSTRAP_SERVERS": address, **_security_env(security)},
+    )
+    try:
+        worker.start()
+        producer = EventProducer(address, worker.input_topic, security)
+        for n in range(20):
+            producer.send_event(message(n, sender="@alpha_a:example.org"))
+        await asyncio.to_thread(producer.flush, 30)
+        events = await appservice.wait_for_events(20, timeout_s=30)
+        assert numbers(events) == list(range(20))
+        assert security.sasl_password and security.sasl_password not in worker.log_text()
+        # Every client authenticated: the router's group and Faust's (aiokafka) committed on the SCRAM listener.
+        admin = AdminClient(client_config(address, security, log_level=0))
+        groups = {g.group_id for g in admin.list_consumer_groups().result(10).valid}
+        assert {worker.app_id, f"{worker.app_id}-router"} <= groups
+        # And the listener refuses what does not authenticate with SCRAM-SHA-512.
+        for refused in (
+            KafkaSecurity(protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="worker", sasl_password="x"),
+            replace(security, sasl_mechanism="SCRAM-SHA-256"),
+        ):
+            with pytest.raises(KafkaException):
+                AdminClient(client_config(address, refused, log_level=0)).list_topics(timeout=3)
+    finally:
+        worker.stop()
+        await appservice.stop()
+        delete_prefixed(broker.bootstrap, (worker.app_id, worker.input_topic))
+
+
+def test_a_wrong_scram_password_stops_the_worker_at_start_up_with_one_line_and_exit_2(
+    scram: tuple[LocalKafka, str, KafkaSecurity], registrations: Path, run_id: str
+) -> None:
+    _, address, security = scram
+    write_registration(registrations, "alpha", "http://127.0.0.1:9")
+    wrong = "not-" + (security.sasl_password or "")
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": address,
+        **_security_env(replace(security, sasl_password=wrong)),
+        "APPSERVICE_STREAMS_APP_ID": f"scram-wrong-{run_id}",
+        "APPSERVICE_STREAMS_HTTP_PORT": "0",
+        "APPSERVICE_STREAMS_METRICS_PORT": "0",
+    }
+    result = run("worker", "--registrations", str(registrations), env=env, timeout_s=90)
+    assert result.returncode == 2, result.stderr
+    line = one_line_error(result)
+    print(line)
+    assert address in line and "authentication" in line.lower(), line
+    assert wrong not in result.stderr
+
+
+def test_a_worker_that_does_not_trust_the_brokers_certificate_stops_with_one_line_and_exit_2(
+    secured: tuple[LocalKafka, str, KafkaSecurity], tmp_path: Path, registrations: Path, run_id: str
+) -> None:
+    _, address, security = secured
+    other = tmp_path / "other-ca"
+    make_certificates(other)  # a CA that did not sign the broker's certificate
+    write_registration(registrations, "alpha", "http://127.0.0.1:9")
+    assert security.ssl_certificate_location and security.ssl_key_location
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": address,
+        **_security_env(security),
+        "KAFKA_SSL_CA_LOCATION": str(other / "ca.pem"),
+        "KAFKA_SSL_CERTIFICATE_LOCATION": str(security.ssl_certificate_location),
+        "KAFKA_SSL_KEY_LOCATION": str(security.ssl_key_location),
+        "APPSERVICE_STREAMS_APP_ID": f"secured-ca-{run_id}",
+        "APPSERVICE_STREAMS_HTTP_PORT": "0",
+        "APPSERVICE_STREAMS_METRICS_PORT": "0",
+    }
+    result = run("worker", "--registrations", str(registrations), env=env, timeout_s=90)
+    assert result.returncode == 2, result.stderr
+    # librdkafka's own lines (3 here: the handshake failure in two wordings) come first; ours is the one other.
+    assert "Traceback" not in result.stderr, result.stderr
+    ours = [line for line in result.stderr.splitlines() if line.strip() and " librdkafka: " not in line]
+    assert len(ours) == 1, result.stderr
+    print(ours[0])
+    assert f"Kafka at {address} failed the TLS handshake" in ours[0] and "KAFKA_SSL_CA_LOCATION" in ours[0], ours[0]

@@ -7,52 +7,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
-import aiohttp
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
 from agents.producer import EventProducer
 from tests.integration.events import message
 from tests.support.recording_appservice import RecordingAppservice
-from tests.support.worker_process import WorkerProcess, free_port, write_registration
+from tests.support.scrape import Samples, get, scrape, until, value
+from tests.support.worker_process import WorkerProcess, write_registration
 
 Factory = Callable[[], RecordingAppservice]
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def get(worker: WorkerProcess, path: str) -> tuple[int, str]:
-    url = f"http://127.0.0.1:{worker.metrics_port}{path}"
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        return response.status, await response.text()
-
-
-async def scrape(worker: WorkerProcess) -> Samples:
-    status, text = await get(worker, "/metrics")
-    assert status == 200
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get(("appservice_streams_" + name, frozenset(labels.items())))
-
-
-async def until(worker: WorkerProcess, check: Callable[[Samples], bool], timeout_s: float, what: str) -> Samples:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        samples = await scrape(worker)
-        if check(samples):
-            return samples
-        if time.monotonic() > deadline:
-            shown = {k: v for k, v in samples.items() if "appservice" in dict(k[1]) or "lag" in k[0]}
-            raise AssertionError(f"{what} not seen within {timeout_s} s; last scrape: {shown}")
-        await asyncio.sleep(0.2)
 
 
 async def test_an_appservice_taken_down_shows_up_0_a_growing_backlog_and_age_then_recovers(
@@ -144,14 +109,7 @@ async def test_two_workers_export_disjoint_appservices_and_a_survivor_takes_over
         appservice = appservice_factory()
         await appservice.start()
         write_registration(registrations, appservice_id, appservice.url)
-    other = replace(
-        worker,
-        instance="other",
-        data_dir=tmp_path / "other-data",
-        log_path=tmp_path / "other.log",
-        http_port=free_port(),
-        metrics_port=free_port(),
-    )
+    other = worker.sibling("other", tmp_path)
     worker.start()
     other.start()
     command = [sys.executable, "-m", "agents.cli", "status", "--json", "--registrations", str(registrations)]

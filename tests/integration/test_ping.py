@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -94,14 +93,7 @@ async def test_a_ping_to_another_worker_retries_the_pending_txn_at_once(
     appservice = await started(appservice_factory, registrations)
     appservice.fail_next(2)
     worker.retry_unit_ms = 1000  # after two failures the next retry is 4 s away
-    other = replace(
-        worker,
-        instance="other",
-        data_dir=tmp_path / "other-data",
-        log_path=tmp_path / "other.log",
-        http_port=free_port(),
-        metrics_port=free_port(),
-    )
+    other = worker.sibling("other", tmp_path)
     worker.start()
     other.start()
     try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 from aiokafka.partitioner import murmur2
@@ -24,7 +23,7 @@ from aiokafka.partitioner import murmur2
 from agents.producer import EventProducer
 from tests.integration.events import message, numbers
 from tests.support.recording_appservice import RecordingAppservice
-from tests.support.worker_process import WorkerProcess, free_port, write_registration
+from tests.support.worker_process import WorkerProcess, write_registration
 
 # One appservice per inbox partition (4), so whichever partitions move, one of them moves.
 APPSERVICES = ("signal", "sms", "irc", "bridge")
@@ -45,14 +44,7 @@ async def test_txns_in_flight_when_a_second_worker_joins_complete_and_delivery_g
         appservice.hold()
         write_registration(registrations, appservice_id, appservice.url)
         appservices[appservice_id] = appservice
-    other = replace(
-        worker,
-        instance="other",
-        data_dir=tmp_path / "other-data",
-        log_path=tmp_path / "other.log",
-        http_port=free_port(),
-        metrics_port=free_port(),
-    )
+    other = worker.sibling("other", tmp_path)
     worker.start()
     try:
         for n in range(50):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,25 +32,50 @@ class Received:
         return dict(orjson.loads(self.body))
 
 
+HANG = -1
+RESET = -2
+
+
+@dataclass(frozen=True)
+class Failure:
+    status: int  # an HTTP status, HANG or RESET
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+async def _reset_mid_response(request: web.Request) -> web.StreamResponse:
+    """Send the status line, headers and the start of a body, then reset the connection (RST, not FIN)."""
+    response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    await response.write(b'{"')
+    transport = request.transport
+    assert transport is not None
+    sock = transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    return response
+
+
 @dataclass
 class RecordingAppservice:
     """``PUT /_matrix/app/v1/transactions/{txnId}`` recorder.
 
     Controls: ``hold()`` keeps responses pending until ``release()``;
-    ``fail_next(n, status)`` answers the next n requests with an error;
+    ``fail_next(n, status, headers)`` answers the next n requests with an error;
+    ``hang_next(n)`` leaves the next n unanswered until the client gives up;
+    ``reset_next(n)`` starts an answer and resets the connection;
     ``hang()`` never answers; ``delay_s`` answers slowly.
     """
 
     hs_token: str = "hs-secret"
     requests: list[Received] = field(default_factory=list)
     delay_s: float = 0.0
-    _failures: list[int] = field(default_factory=list)
+    _failures: list[Failure] = field(default_factory=list)
     _gate: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _hung: bool = False
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
     _runner: web.AppRunner | None = None
-    _fail_matching: list[tuple[Callable[[Received], bool], int]] = field(default_factory=list)
+    _fail_matching: list[tuple[Callable[[Received], bool], int, int]] = field(default_factory=list)
     pings: list[dict[str, Any]] = field(default_factory=list)
     ping_status: int = 200
     ping_hangs: bool = False
@@ -87,20 +114,26 @@ class RecordingAppservice:
     def hang(self) -> None:
         self._hung = True
 
-    def fail_next(self, count: int, status: int = 500) -> None:
-        self._failures.extend([status] * count)
+    def fail_next(self, count: int, status: int = 500, headers: dict[str, str] | None = None) -> None:
+        self._failures.extend([Failure(status, headers or {})] * count)
 
-    def fail_matching(self, predicate: Callable[[Received], bool], times: int) -> None:
-        """Answer 500 to the first ``times`` requests for which ``predicate`` holds."""
-        self._fail_matching.append((predicate, times))
+    def hang_next(self, count: int) -> None:
+        self._failures.extend([Failure(HANG)] * count)
 
-    def _should_fail(self, received: Received) -> int | None:
+    def reset_next(self, count: int) -> None:
+        self._failures.extend([Failure(RESET)] * count)
+
+    def fail_matching(self, predicate: Callable[[Received], bool], times: int, status: int = 500) -> None:
+        """Answer ``status`` to the first ``times`` requests for which ``predicate`` holds."""
+        self._fail_matching.append((predicate, times, status))
+
+    def _should_fail(self, received: Received) -> Failure | None:
         if self._failures:
             return self._failures.pop(0)
-        for index, (predicate, times) in enumerate(self._fail_matching):
+        for index, (predicate, times, status) in enumerate(self._fail_matching):
             if times > 0 and predicate(received):
-                self._fail_matching[index] = (predicate, times - 1)
-                return 500
+                self._fail_matching[index] = (predicate, times - 1, status)
+                return Failure(status)
         return None
 
     async def _ping(self, request: web.Request) -> web.Response:
@@ -128,8 +161,12 @@ class RecordingAppservice:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         failure = self._should_fail(received)
+        if failure is not None and failure.status == HANG:
+            await self._stopping.wait()  # the client times out and hangs up first
+        if failure is not None and failure.status == RESET:
+            return await _reset_mid_response(request)
         if failure is not None:
-            return web.json_response({"errcode": "M_UNKNOWN"}, status=failure)
+            return web.json_response({"errcode": "M_UNKNOWN"}, status=failure.status, headers=failure.headers)
         if received.authorization != f"Bearer {self.hs_token}":
             return web.json_response({"errcode": "M_FORBIDDEN"}, status=403)
         return web.json_response({})

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,19 @@ class WorkerProcess:
     metrics_port: int = field(default_factory=free_port)
     instance: str = "worker"
     args: list[str] = field(default_factory=list)
+
+    def sibling(self, instance: str, tmp_path: Path) -> WorkerProcess:
+        """Another worker of the same group: its own instance id, data folder, log and ports."""
+        return replace(
+            self,
+            instance=instance,
+            data_dir=tmp_path / f"{instance}-data",
+            log_path=tmp_path / f"{instance}.log",
+            http_port=free_port(),
+            metrics_port=free_port(),
+            process=None,
+            starts=0,
+        )
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "agents.cli", "worker", "--registrations", str(self.registrations), *self.args]

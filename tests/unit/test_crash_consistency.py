@@ -23,8 +23,10 @@ from streams.machine import (
     Resume,
     RetryDue,
     SourcePosition,
+    TxnDeadLettered,
     TxnFailed,
     TxnSucceeded,
+    TxnTooLarge,
 )
 from streams.matrix import AppserviceID, TxnID
 
@@ -80,21 +82,54 @@ PLAN: Plan = [
 ]
 
 
-def writes_of_each_step() -> list[int]:
+# Refused as too large (413): a keyed body split, a slice refused again, single items dead-lettered, and an
+# inline body split. Delivered: 0-100, 102, 104; dead-lettered: 101, 103.
+PLAN_413: Plan = [
+    lambda txn: [arrived(0)],
+    lambda txn: [arrived(*range(1, 101))],
+    lambda txn: [TxnSucceeded(txn)],  # 1-100: over INLINE_BODY_MAX, under its own key
+    lambda txn: [TxnTooLarge(txn, "HTTP 413")],  # slice 1-50
+    lambda txn: [TxnTooLarge(txn, "HTTP 413")],  # slice 1-25
+    lambda txn: [TxnSucceeded(txn)],  # 26-50
+    lambda txn: [arrived(101), TxnSucceeded(txn)],  # 51-75
+    lambda txn: [TxnSucceeded(txn)],  # 76-100
+    lambda txn: [TxnSucceeded(txn)],  # 101
+    lambda txn: [TxnTooLarge(txn, "HTTP 413")],
+    lambda txn: [TxnDeadLettered(txn)],
+    lambda txn: [arrived(102, 103, 104)],  # 102
+    lambda txn: [TxnSucceeded(txn)],  # 103-104, inline
+    lambda txn: [TxnTooLarge(txn, "HTTP 413")],  # slice 103
+    lambda txn: [TxnTooLarge(txn, "HTTP 413")],
+    lambda txn: [TxnDeadLettered(txn)],  # slice 104
+    lambda txn: [TxnSucceeded(txn)],
+]
+DELIVERED_413 = [*range(101), 102, 104]
+DEAD_413 = [101, 103]
+
+
+def writes_of_each_step(plan: Plan = PLAN) -> list[int]:
     counts: list[int] = []
-    drive(None, counts)
+    drive(None, counts, plan)
     return counts
 
 
 def drive(
-    crash: tuple[int, int] | None, write_counts: list[int] | None = None
+    crash: tuple[int, int] | None, write_counts: list[int] | None = None, plan: Plan = PLAN
 ) -> tuple[list[int], LoggingStore, dict[int, bytes]]:
+    delivered, _, store, bodies = drive_with_dead_letters(crash, write_counts, plan)
+    return delivered, store, bodies
+
+
+def drive_with_dead_letters(
+    crash: tuple[int, int] | None, write_counts: list[int] | None = None, plan: Plan = PLAN
+) -> tuple[list[int], list[int], LoggingStore, dict[int, bytes]]:
     store = LoggingStore()
     inflight = TxnID(0)
     bodies: dict[int, bytes] = {}
     delivered: list[int] = []
+    dead: list[int] = []
     now = 1_000_000
-    for index, make in enumerate(PLAN):
+    for index, make in enumerate(plan):
         inputs = make(inflight)
         if crash is not None and crash[0] == index:
             before = dict(store.data)
@@ -117,11 +152,13 @@ def drive(
         for event in make(inflight):
             if isinstance(event, TxnSucceeded):
                 delivered.extend(e["o"] for e in orjson.loads(bodies[event.txn_id])["events"])
+            if isinstance(event, TxnDeadLettered):
+                dead.extend(e["o"] for e in orjson.loads(bodies[event.txn_id])["events"])
         for send in result.sends:
             inflight = send.txn_id
-            bodies[send.txn_id] = send.body
+            assert bodies.setdefault(send.txn_id, send.body) == send.body, "a txn id always carries one body"
         now += 10_000
-    return delivered, store, bodies
+    return delivered, dead, store, bodies
 
 
 CASES = [(step, prefix) for step, count in enumerate(writes_of_each_step()) for prefix in range(count)]
@@ -146,3 +183,19 @@ def test_without_a_crash_everything_is_delivered_in_order() -> None:
 def test_a_crash_after_any_prefix_of_a_step_loses_and_reorders_nothing(crash: tuple[int, int]) -> None:
     delivered, _, _ = drive(crash)
     assert delivered == list(range(162))
+
+
+CASES_413 = [(step, prefix) for step, count in enumerate(writes_of_each_step(PLAN_413)) for prefix in range(count)]
+
+
+def test_a_refused_txn_is_delivered_in_slices_and_single_items_dead_lettered() -> None:
+    delivered, dead, store, bodies = drive_with_dead_letters(None, plan=PLAN_413)
+    assert (delivered, dead) == (DELIVERED_413, DEAD_413)
+    assert [k[:2] for k in store.data] == [b"s\x00"], "only the state is left once everything is out"
+    assert list(bodies) == sorted(bodies), "txn ids strictly increase"
+
+
+@pytest.mark.parametrize("crash", CASES_413, ids=[f"step{s}-after-{p}-writes" for s, p in CASES_413])
+def test_a_crash_while_splitting_or_dead_lettering_loses_and_reorders_nothing(crash: tuple[int, int]) -> None:
+    delivered, dead, _, _ = drive_with_dead_letters(crash, plan=PLAN_413)
+    assert (delivered, dead) == (DELIVERED_413, DEAD_413)

@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from confluent_kafka import KafkaException
 
 from agents.ingest import Ingest, IngestConfig
+from streams.errors import KafkaRequestFailed
 from streams.ingest import Position, Produce, Record, Retry, decide, firehose_registration
 from streams.registration import parse_registration
 
@@ -40,7 +40,7 @@ class FakeSink:
             time.sleep(self.delay_s)
             if self.fail_next:
                 self.fail_next = False
-                raise KafkaException("broker gone")
+                raise KafkaRequestFailed("transaction to matrix.events: broker gone")
             incoming = Position.of(txn_id, raw)
             decision = decide(self.last, incoming)
             if isinstance(decision, Produce):

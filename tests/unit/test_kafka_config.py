@@ -7,7 +7,6 @@ import ssl
 from pathlib import Path
 from types import SimpleNamespace
 
-import faust
 import pytest
 from faust.auth import SASLCredentials, SSLCredentials
 
@@ -17,7 +16,6 @@ from agents.kafka_config import (
     confluent_config,
     confluent_producer_config,
     faust_credentials,
-    make_producer_idempotent,
     producer_config,
 )
 from agents.logs import KAFKA_LOGGER as LOGGER
@@ -106,13 +104,6 @@ def test_an_unreadable_ca_is_a_config_error_naming_the_variable(tmp_path: Path) 
     ca.write_text("not a certificate")
     with pytest.raises(ConfigError, match="KAFKA_SSL_CA_LOCATION"):
         faust_credentials(KafkaSecurity(protocol="SSL", ssl_ca_location=ca))
-
-
-def test_faust_producers_are_created_idempotent() -> None:
-    app = faust.App("kafka-config-test", broker="kafka://127.0.0.1:1", autodiscover=False, web_enabled=False)
-    make_producer_idempotent(app)
-    producer = app.transport.Producer(app.transport)
-    assert producer._settings_extra() == {"acks": "all", "enable_idempotence": True}
 
 
 def test_no_agent_builds_a_kafka_client_configuration_of_its_own() -> None:

@@ -53,6 +53,24 @@ def test_a_message_repeated_with_other_numbers_passes_once_per_window_then_count
     assert quiet.getMessage() == "Unable connect to node with id 1: port 9292"  # nothing held back since
 
 
+def test_the_count_of_held_back_repeats_goes_through_the_workers_formatter() -> None:
+    """Seen in a chaos run: mode's formatter made ``args=None`` into ``(None,)``, and the line a traceback."""
+    from mode.utils.logging import ExtensionFormatter
+
+    clock = Clock()
+    repeats = Repeats(window_s=60, clock=clock)
+    text = "Unable connect to node with id %s: %s"
+    refused = "[Errno 111] Connect call failed ('127.0.0.1', 9700): 100% refused"
+    assert repeats.filter(record(text, 1, refused))
+    clock.now = 1
+    assert not repeats.filter(record(text, 1, refused))
+    clock.now = 61
+    later = record(text, 1, refused)
+    assert repeats.filter(later)
+    line = ExtensionFormatter(fmt="%(message)s").format(later)
+    assert line == f"Unable connect to node with id 1: {refused} (1 more like it in the last 60 s)"
+
+
 def test_different_texts_levels_and_loggers_are_not_repeats() -> None:
     repeats = Repeats(clock=Clock())
     assert repeats.filter(record("Unable to update metadata"))

@@ -90,6 +90,25 @@ def test_appservice_gauges_exist_only_while_owned() -> None:
     assert sample(metrics, "appservice_backlog_items", appservice="bridge", kind="event") is None
 
 
+def test_a_down_appservice_shows_the_status_of_its_latest_failed_attempt_until_it_is_up() -> None:
+    metrics = Metrics([BRIDGE])
+    metrics.owned.assigned([0])
+    inflight = Txn(TxnID(5), (1, 0, 0, 0))
+    metrics.owned.stepped(BRIDGE, 0, AppserviceState(phase=Phase.SENDING, inflight=inflight), 0)
+    metrics.transaction_done(send(5), HttpError(404, "M_UNRECOGNIZED"), 0.01)
+    down = AppserviceState(phase=Phase.BACKING_OFF, inflight=inflight, attempt=1, retry_at_ms=1, down_since_ms=1)
+    metrics.owned.stepped(BRIDGE, 0, down, 0)
+    assert sample(metrics, "appservice_failure_status", appservice="bridge") == 404
+    [row], _ = parse("w1:9109", generate_latest(metrics.registry).decode())
+    assert row.failure_status == 404
+    assert "backing_off (HTTP 404)" in render([row], [], now_unix=0)
+    metrics.transaction_done(send(5, attempt=1), TimedOut("response"), 1.0)
+    assert sample(metrics, "appservice_failure_status", appservice="bridge") == 0  # no HTTP answer at all
+    metrics.transaction_done(send(5, attempt=2), Delivered(200), 0.01)
+    metrics.owned.stepped(BRIDGE, 0, AppserviceState(), 0)
+    assert sample(metrics, "appservice_failure_status", appservice="bridge") == 0
+
+
 def test_assignment_and_lag_are_reported_for_owned_partitions_only() -> None:
     metrics = Metrics([BRIDGE])
     metrics.set_assignment("app-router", "matrix.events", [0, 1])

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from agents.router import Router
+from streams.errors import KafkaRequestFailed
 from streams.interest import Interest
 from streams.settings import Settings
 
@@ -59,7 +60,7 @@ class FatalMessage:
 def test_a_fatal_consumer_error_ends_the_router_instead_of_being_skipped(tmp_path: Path) -> None:
     r = router(tmp_path)
     message: Any = FatalMessage()
-    with pytest.raises(KafkaException, match="fenced"):
+    with pytest.raises(KafkaRequestFailed, match=r"input consumer: .*fenced"):
         r._process([message], Consumer(assigned=[0]), None)  # type: ignore[arg-type]
 
 
@@ -97,3 +98,21 @@ def test_a_router_thread_that_ends_unasked_ends_the_worker(tmp_path: Path) -> No
     r._stopping.set()
     r._run()
     assert failures == ["router"], "a stop that was asked for is no failure"
+
+
+def test_a_streak_of_failed_commits_is_one_line_and_its_end_another(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the broker down 20 s the router logged 90 "commit failed" lines, ten a second."""
+    r = router(tmp_path)
+    waiting = KafkaError(KafkaError._WAIT_COORD, "Local: Waiting for coordinator")
+    with caplog.at_level("INFO", logger="agents.router"):
+        for _ in range(90):
+            r._on_commit(waiting, [])
+        r._on_commit(None, [TopicPartition("matrix.events", 0, 5)])
+        r._on_commit(waiting, [])
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 3, lines
+    assert "router commit failed" in lines[0] and "Waiting for coordinator" in lines[0]
+    assert lines[1] == "router commits succeed again, after 90 failed"
+    assert "router commit failed" in lines[2]

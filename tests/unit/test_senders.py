@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from agents.background import BackgroundTasks
 from agents.senders import Senders
 from streams.delivery import Send
-from streams.machine import Input, TxnFailed, TxnSucceeded
+from streams.machine import Input, TxnDeadLettered, TxnFailed, TxnSucceeded
 from streams.matrix import AppserviceID, TxnID
-from streams.outcome import Delivered, Outcome
+from streams.outcome import Delivered, HttpError, Outcome
 from streams.registration import parse_registration
 
 REGISTRATION = parse_registration(
@@ -85,3 +88,40 @@ async def test_a_txn_already_on_the_wire_is_not_sent_twice_by_one_worker() -> No
     await asyncio.sleep(0.1)
     assert client.calls == 1
     assert len(settled.outcomes) == 1
+
+
+async def test_a_change_of_what_fails_while_down_is_logged_loudly_the_same_failure_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = Client(HttpError(503))
+    senders = Senders(pipeline(client), Settled())
+    caplog.set_level(logging.INFO, logger="agents.deliverer")
+    for attempt, outcome in enumerate([HttpError(503), HttpError(503), HttpError(404), Delivered(200), HttpError(404)]):
+        client.outcome = outcome
+        senders.start(Send(AppserviceID("bridge"), TxnID(7 + attempt), attempt, b"{}"), None)
+        await asyncio.sleep(0.05)
+    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert loud == ["appservice bridge txn 9 attempt 2 failed: HTTP 404 (was: HTTP 503)"]
+
+
+async def test_a_dead_letter_send_is_written_until_kafka_takes_it_then_settled_never_put(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("agents.senders.REPORT_RETRY_S", 0.01)
+    written: list[tuple[str, int, bytes, str]] = []
+    failures = [RuntimeError("broker away")]
+
+    async def dead_letter_txn(appservice_id: str, txn_id: int, body: bytes, detail: str) -> None:
+        if failures:
+            raise failures.pop()
+        written.append((appservice_id, txn_id, body, detail))
+
+    client = Client(Delivered(200))
+    target = pipeline(client)
+    target.dead_letter_txn = dead_letter_txn
+    settled = Settled()
+    Senders(target, settled).start(Send(AppserviceID("bridge"), TxnID(7), 0, b"{}", dead_letter="one item"), 2)
+    await asyncio.sleep(0.2)
+    assert written == [("bridge", 7, b"{}", "one item")]
+    assert [(result, epoch) for _, result, epoch in settled.outcomes] == [(TxnDeadLettered(TxnID(7)), 2)]
+    assert client.calls == 0

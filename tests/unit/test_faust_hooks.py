@@ -1,0 +1,230 @@
+"""Every hook the shell sets into Faust, mode or aiokafka, checked by its effect (no broker).
+
+Each test builds the objects the worker builds (``agents.worker.create_pipeline``,
+no I/O) and asserts what the library then *does*, so a Faust or aiokafka
+upgrade that renames, moves or ignores a hook fails here instead of silently
+bringing back what the hook corrects. The hooks:
+
+* ``agents.positions.AckFilter`` replaces ``Consumer.ack``: Faust acks records
+  it skipped (flow control paused during a rebalance, a stale generation) and
+  records a stream let go of before their effects were durable; only
+  ``processed`` may ack. Checked: a record Faust skipped is never committed
+  past, through Faust's own stream iteration (its Cython iterator, installed
+  here, and the pure-Python one).
+* ``agents.batching.take_available`` drives a stream through
+  ``Stream._enable_passive``, ``Stream._processors``, ``current_event`` and
+  ``enable_acks = False``. The last one matters more than it looks: Faust's
+  Cython iterator acks by writing ``Consumer._acked`` itself, not through
+  ``Consumer.ack``, so the ack filter alone would not hold on that path.
+  Checked with the same test: nothing is committable before ``processed``,
+  and a batch is the events queued when it is taken.
+* ``agents.kafka_config.make_producer_idempotent`` swaps the transport's
+  ``Producer`` class: Faust turns aiokafka's idempotence on only inside
+  transactions. Checked: the aiokafka producer Faust's producer builds has
+  idempotence state and ``acks=-1``. (It had never taken effect: Faust's
+  consumer, built first, creates the producer.)
+* ``agents.table_store.partition_of`` sets ``faust.streams._current_event``,
+  from which Faust's RocksDB store picks the partition of a write; ``TableStore``
+  writes ``table.data`` directly (no changelog record from Faust) and calls
+  ``set_persisted_offset`` as Faust's own changelog callback does. Checked: a
+  write lands in the current partition's RocksDB, under ``app.conf.tabledir``
+  (the folder ``agents.local_state`` deletes after an unclean stop), and the
+  offset is the one Faust's recovery reads back.
+* Names Faust derives and ``agents.topics`` creates first: the table's
+  changelog topic and the leader assignor's topic.
+* ``agents.ownership.Ownership`` reads ``app.rebalancing_count``: checked to
+  move when Faust starts a rebalance.
+* ``PositionGuard``'s seek (``Consumer.seek``) must also move Faust's read
+  offset back, or Faust's fetch loop drops the re-read records as already read.
+* ``agents.topics.key_partition`` must agree with the partitioner of the
+  producer Faust builds (the router writes routed items to explicit partitions).
+
+The fetch wait (``agents.worker._bound_fetch_wait``, Faust hard-codes 1,500 ms)
+and the lag metric's ``Consumer._committed_offset`` need a started consumer:
+``tests/integration/test_faust_hooks.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import faust.streams
+import pytest
+from faust.assignor import LeaderAssignor
+from faust.events import Event
+from faust.types import TP
+from faust.types.tuples import ConsumerMessage
+
+from agents.batching import take_available
+from agents.ownership import Ownership
+from agents.pipeline import Pipeline
+from agents.table_store import TableStore, in_partition
+from agents.topics import key_partition
+from agents.worker import create_pipeline
+from streams.settings import Settings
+
+
+def settings(tmp_path: Path) -> Settings:
+    # Port 9 (discard): nothing here connects; a client that tried would fail loudly.
+    return Settings(
+        server_name="hs",
+        registrations_dir=tmp_path,
+        bootstrap_servers="127.0.0.1:9",
+        app_id="hooks-test",
+        data_dir=tmp_path / "data",
+        http_port=0,
+        metrics_port=0,
+    )
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
+    built = create_pipeline(settings(tmp_path), ())
+    yield built
+    built.changelog.close()
+
+
+@pytest.fixture(params=["cython", "python"])
+def stream_iterator(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Faust's stream iterator: its Cython one (used when built, as in this venv) or the pure-Python one."""
+    if request.param == "cython":
+        if faust.streams._CStreamIterator is None:
+            pytest.skip("Faust's Cython extension is not built here")
+    else:
+        monkeypatch.setattr(faust.streams, "_CStreamIterator", None)
+    return str(request.param)
+
+
+def inbox_event(pipeline: Pipeline, offset: int, generation: int) -> Event:
+    topic = pipeline.settings.inbox_topic
+    message = ConsumerMessage(
+        topic, 0, offset, 0.0, 0, [], b"as", b"v", None, 2, 1, tp=TP(topic, 0), generation_id=generation
+    )
+    return Event(pipeline.app, b"as", b"v", {}, message)
+
+
+async def first_batch(pipeline: Pipeline, events: list[Event]) -> list[int]:
+    """The offsets of the first batch ``take_available`` takes from a Faust stream fed ``events`` (as the deliverer)."""
+    app = pipeline.app
+    app.topics._acking_topics.add(pipeline.settings.inbox_topic)  # what subscribing the deliverer's topic does
+    app.flow_control.resume()
+    stream = app.stream(app.channel())
+    await stream.maybe_start()  # as Faust's agent does before handing the stream over
+    for event in events:
+        await stream.channel.put(event)  # the stream's own iterator of the channel, as a topic delivers
+    batches = take_available(stream, 500, within=0.05)
+    try:
+        batch = await asyncio.wait_for(anext(batches), timeout=10)
+        return [event.message.offset for event in batch]
+    finally:
+        await batches.aclose()  # the caller is done with the batch: take_available acks it Faust's way
+        await stream.stop()
+
+
+async def test_a_record_faust_skipped_is_never_committed_past(pipeline: Pipeline, stream_iterator: str) -> None:
+    app, consumer = pipeline.app, pipeline.app.consumer
+    tp = TP(pipeline.settings.inbox_topic, 0)
+    current = app.consumer_generation_id
+    stale = current + 1
+    events = [inbox_event(pipeline, 0, current), inbox_event(pipeline, 1, stale), inbox_event(pipeline, 2, current)]
+    assert await first_batch(pipeline, events) == [0, 2], "Faust skips a record of a stale generation"
+    assert consumer._new_offset(tp) is None, "Faust's own acks (stream let go, skipped record) must not count"
+    pipeline.acks.processed([events[0], events[2]])
+    assert consumer._new_offset(tp) == 1, "processed records count; the commit stops before the skipped one"
+    pipeline.acks.processed([events[1]])  # the position guard's re-read
+    assert consumer._new_offset(tp) == 3
+
+
+async def test_a_batch_is_what_was_queued_and_stays_unacked_until_processed(
+    pipeline: Pipeline, stream_iterator: str
+) -> None:
+    consumer = pipeline.app.consumer
+    tp = TP(pipeline.settings.inbox_topic, 0)
+    current = pipeline.app.consumer_generation_id
+    events = [inbox_event(pipeline, offset, current) for offset in range(5)]
+    assert await first_batch(pipeline, events) == [0, 1, 2, 3, 4]
+    assert not any(event.message.acked for event in events), "Faust acked records the agent still held"
+    assert consumer._new_offset(tp) is None
+    pipeline.acks.processed(events)
+    assert consumer._new_offset(tp) == 5
+
+
+async def test_faust_builds_an_idempotent_aiokafka_producer(pipeline: Pipeline) -> None:
+    producer = pipeline.app.producer._new_producer()  # what Faust's producer starts
+    try:
+        assert producer._txn_manager is not None, "aiokafka's idempotence (producer id, sequence numbers) is off"
+        assert producer._sender._acks == -1
+    finally:
+        await producer.stop()
+
+
+async def test_key_partition_agrees_with_the_partitioner_of_fausts_producer(pipeline: Pipeline) -> None:
+    producer = pipeline.app.producer._new_producer()
+    try:
+        partitions = list(range(pipeline.settings.partitions))
+        for n in range(200):
+            key = f"appservice-{n}".encode()
+            assert key_partition(key, len(partitions)) == producer._partitioner(key, partitions, partitions)
+    finally:
+        await producer.stop()
+
+
+class NoProducer:
+    def produce(self, topic: str, records: Any) -> Any:
+        raise AssertionError("not produced in this test")
+
+
+def test_a_table_write_lands_in_the_current_partitions_rocksdb(pipeline: Pipeline) -> None:
+    table = pipeline.appservices
+    store = TableStore(table, NoProducer())  # type: ignore[arg-type]
+    with in_partition(3):
+        store.put(b"key", b"value")
+    rocksdb = table.data
+    assert rocksdb._db_for_partition(3)[b"key"] == b"value"
+    assert rocksdb._db_for_partition(0).get(b"key") is None
+    tabledir = Path(pipeline.app.conf.tabledir).resolve()
+    assert tabledir in Path(rocksdb.partition_path(3)).resolve().parents, "agents.local_state deletes tabledir"
+    assert store.get(b"key") == b"value"
+
+
+def test_the_persisted_changelog_offset_is_what_recovery_reads(pipeline: Pipeline) -> None:
+    table = pipeline.appservices
+    tp = TP(table.changelog_topic.get_topic_name(), 3)
+    with in_partition(3):
+        table.data.set_persisted_offset(tp, 42)  # as TableStore.produce does once Kafka acknowledged
+    assert table.data.persisted_offset(tp) == 42
+
+
+def test_faust_names_the_topics_agents_topics_creates_for_it(pipeline: Pipeline) -> None:
+    s = pipeline.settings
+    assert pipeline.appservices.changelog_topic.get_topic_name() == s.appservices_changelog_topic
+    assert LeaderAssignor(pipeline.app)._leader_topic_name == f"{s.app_id}-__assignor-__leader"
+
+
+def test_a_rebalance_breaks_ownership(pipeline: Pipeline) -> None:
+    ownership = Ownership(pipeline.app)
+    ownership.assigned()
+    epoch = ownership.epoch()
+    assert ownership.unbroken(epoch)
+    pipeline.app.on_rebalance_start()
+    assert not ownership.unbroken(epoch), "Faust no longer counts rebalances in app.rebalancing_count"
+
+
+async def test_a_seek_moves_fausts_read_offset_back(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    consumer = pipeline.app.consumer
+    tp = TP(pipeline.settings.inbox_topic, 0)
+    sought: list[tuple[TP, int]] = []
+
+    async def seek_in_aiokafka(partition: TP, offset: int) -> None:
+        sought.append((partition, offset))
+
+    monkeypatch.setattr(consumer, "_seek", seek_in_aiokafka)
+    consumer._read_offset[tp] = 10  # Faust read up to 10
+    await consumer.seek(tp, 3)
+    assert sought == [(tp, 3)]
+    read = consumer._read_offset[tp]
+    # Faust's fetch loop (Consumer._drain_messages) passes on a record only if offset >= the read offset.
+    assert read is None or read <= 3, "a re-read record would be dropped as already read"
