@@ -123,6 +123,9 @@ def _worker(args: argparse.Namespace) -> int:
             start_from="earliest" if args.from_beginning else None,
         )
         registrations = load_registrations(settings.registrations_dir)
+        from agents.logs import hide
+
+        hide([settings.kafka_security.sasl_password, *(t for r in registrations for t in (r.as_token, r.hs_token))])
         from agents.appservice_http import appservice_tls
         from agents.http_api import bind
         from agents.topics import ensure_worker_topics
@@ -152,7 +155,16 @@ def _worker(args: argparse.Namespace) -> int:
     collapse_library_repeats()  # a broker outage floods the log (docs/decisions/collapse-client-log-repeats.md)
     for r in registrations:
         log.info("appservice %s: %s", r.id, "url: null, nothing is sent" if r.url is None else r.url)
-    worker = faust.Worker(pipeline.app, loglevel=args.log_level, quiet=True, redirect_stdouts=False)
+    from agents.logs import logging_config
+
+    # Faust sets logging up again when it starts: with the same configuration, so its lines look like ours.
+    worker = faust.Worker(
+        pipeline.app,
+        loglevel=args.log_level,
+        logging_config=logging_config(settings.log_format, args.log_level),
+        quiet=True,
+        redirect_stdouts=False,
+    )
     pipeline.health.loop = worker.loop  # the loop the liveness probe asks to answer
     if pipeline.metrics_server is not None:
         import prometheus_client
@@ -312,6 +324,9 @@ def _ingest(args: argparse.Namespace) -> int:
             raise ConfigError("--registration FILE is required (write one with --print-registration)")
         host, port = _listen_address(args.listen)
         registration = load_registration(Path(args.registration))
+        from agents.logs import hide
+
+        hide([registration.as_token, registration.hs_token, os.environ.get("KAFKA_SASL_PASSWORD")])
         config = IngestConfig(
             registration=registration,
             bootstrap_servers=args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092",
@@ -470,7 +485,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # the benchmark parses its own flags
         return _bench(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import logging.config
+
+    from agents.logs import logging_config
+    from streams.settings import log_format
+
+    try:
+        logging.config.dictConfig(logging_config(log_format(os.environ)))
+    except ConfigError as exc:
+        print(f"appservice-streams: {exc}", file=sys.stderr)
+        return 2
     return int(args.run(args))
 
 

@@ -8,15 +8,16 @@ a dict store and an ``Arrivals`` update (0.6 µs, ~3 µs when counts moved),
 and a scrape costs nothing between scrapes.
 
 Only the owner of an appservice's inbox partition exports its ``appservice_*``
-gauges, and only the owner of a partition exports its ``consumer_lag``: a
-revocation drops them (no stale series after a rebalance).
+gauges, and only the owner of a partition exports its ``consumer_lag`` and
+``consumer_lag_seconds``: a revocation drops them (no stale series after a
+rebalance).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import orjson
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Histogram
@@ -27,7 +28,15 @@ from streams.dead_letter import Reason
 from streams.delivery import Send
 from streams.machine import KINDS, Phase
 from streams.matrix import AppserviceID
-from streams.observed import KIND_LABELS, OwnedAppservices, router_lag, view
+from streams.observed import (
+    KIND_LABELS,
+    OldestUnconsumed,
+    OwnedAppservices,
+    Partition,
+    router_committed,
+    router_lag,
+    view,
+)
 from streams.outcome import FailureReason, HttpError, Outcome, failure_reason
 
 log = logging.getLogger(__name__)
@@ -102,7 +111,10 @@ class Metrics:
         # The router thread writes its group's and topic's keys, the loop the others': every write replaces
         # one key's whole value (atomic), the scrape reads copies.
         self.assigned: dict[str, int] = {}  # topic → partitions this worker consumes
-        self.lag: dict[str, dict[tuple[str, int], int]] = {}  # group → (topic, partition) → records behind
+        self.lag: dict[str, dict[Partition, int]] = {}  # group → (topic, partition) → records behind
+        self.committed: dict[str, dict[Partition, int]] = {}  # group → (topic, partition) → where it resumes
+        self.oldest = OldestUnconsumed()  # the lag in seconds, read by agents.lag_probe
+        self.lag_reported: Callable[[], None] | None = None  # called after each lag report; must not block
         self._last_success: dict[AppserviceID, float] = {}
         # The HTTP status of each appservice's latest failed attempt (0: no answer, e.g. a timeout); gone on success.
         self._last_failure_status: dict[AppserviceID, int] = {}
@@ -137,25 +149,48 @@ class Metrics:
     def dead_lettered(self, reason: Reason) -> None:
         self.dead_letters.labels(reason.value).inc()
 
-    def set_lag(self, group: str, lags: dict[tuple[str, int], int]) -> None:
-        """The lag of every partition ``group`` consumes here now (replacing the previous report)."""
+    def set_lag(self, group: str, lags: dict[Partition, int], committed: dict[Partition, int] | None = None) -> None:
+        """The lag of every partition ``group`` consumes here now (replacing the previous report).
+
+        ``committed``: where the group resumes on each (``streams.observed.FROM_START`` if never committed),
+        for the lag in seconds; partitions left out have no age until they are reported with one.
+        """
+        self.committed[group] = {key: offset for key, offset in (committed or {}).items() if key in lags}
         self.lag[group] = lags
+        if self.lag_reported is not None:
+            try:
+                self.lag_reported()
+            except Exception:
+                log.exception("a lag report's follower failed")
+
+    def behind(self, group: str) -> dict[Partition, tuple[int, int]]:
+        """(records behind, committed offset) of each partition of ``group`` whose committed offset is known."""
+        lags, committed = self.lag.get(group, {}), self.committed.get(group, {})
+        return {key: (records, committed[key]) for key, records in lags.items() if key in committed}
 
     def set_assignment(self, group: str, topic: str, partitions: Iterable[int]) -> None:
         """``group`` consumes ``partitions`` of ``topic`` here now: the lag of any other goes."""
         owned = set(partitions)
         self.assigned[topic] = len(owned)
         kept = {key: lag for key, lag in self.lag.get(group, {}).items() if key[0] != topic or key[1] in owned}
-        self.set_lag(group, kept)
+        self.set_lag(group, kept, self.committed.get(group))
+        self.oldest.forget(group, topic, owned)
 
     def router_stats(self, group: str, topic: str, raw: str | bytes, partitions: Iterable[int]) -> None:
         """A librdkafka statistics document of the router's consumer (on the router thread; never raises)."""
         try:
-            lags = router_lag(orjson.loads(raw), topic, partitions)
+            stats = orjson.loads(raw)
+            partitions = list(partitions)
+            lags = router_lag(stats, topic, partitions)
+            committed = router_committed(stats, topic, partitions)
         except Exception:
             log.exception("unreadable librdkafka statistics")
             return
-        self.set_lag(group, {(topic, partition): lag for partition, lag in lags.items()})
+        self.set_lag(
+            group,
+            {(topic, partition): lag for partition, lag in lags.items()},
+            {(topic, partition): offset for partition, offset in committed.items()},
+        )
 
 
 class _StateCollector(Collector):
@@ -234,10 +269,21 @@ class _StateCollector(Collector):
             "Records behind the end of each partition this worker consumes (end offset minus committed offset)",
             labels=["group", "topic", "partition"],
         )
+        lag_s = GaugeMetricFamily(
+            PREFIX + "consumer_lag_seconds",
+            "Age of the oldest record not yet committed in each partition this worker consumes (now minus its"
+            " Kafka timestamp, read every lag interval); 0 when the lag is 0",
+            labels=["group", "topic", "partition"],
+        )
         for group, lags in sorted(m.lag.copy().items()):
             for (topic, partition), records in sorted(lags.items()):
-                lag.add_metric([group, topic, str(partition)], float(records))
+                labels = [group, topic, str(partition)]
+                lag.add_metric(labels, float(records))
+                age = m.oldest.age_s(group, topic, partition, records, now_ms)
+                if age is not None:
+                    lag_s.add_metric(labels, age)
         yield lag
+        yield lag_s
 
 
 __all__ = ["PREFIX", "Metrics"]

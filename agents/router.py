@@ -58,7 +58,6 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 POLL_S = 0.1  # how often the loop looks at its stop flag when idle
-STATS_INTERVAL_MS = 5000  # librdkafka statistics (consumer lag) for agents.metrics
 FLUSH_TIMEOUT_S = 30.0
 
 
@@ -142,7 +141,7 @@ class Router:
         if s.instance_id:
             config["group.instance.id"] = f"{s.instance_id}-router"
         if self._metrics is not None:
-            config["statistics.interval.ms"] = STATS_INTERVAL_MS
+            config["statistics.interval.ms"] = int(s.lag_interval_s * 1000)  # consumer lag for agents.metrics
             config["stats_cb"] = self._on_stats
         return config
 

@@ -44,6 +44,7 @@ class WorkerRow:
     ready_detail: str = ""
     assigned_partitions: dict[str, int] = field(default_factory=dict)
     lag: dict[str, int] = field(default_factory=dict)  # group → records behind, summed over its partitions
+    lag_s: dict[str, float] = field(default_factory=dict)  # group → oldest record not committed, worst partition
 
 
 def metrics_url(worker: str) -> str:
@@ -93,6 +94,8 @@ def parse(worker: str, text: str) -> tuple[list[AppserviceRow], WorkerRow]:
                 row.assigned_partitions[labels["topic"]] = int(value)
             elif name == "consumer_lag":
                 lag[labels["group"]] += int(value)
+            elif name == "consumer_lag_seconds":
+                row.lag_s[labels["group"]] = max(value, row.lag_s.get(labels["group"], 0.0))
     row.lag = dict(lag)
     return sorted(appservices.values(), key=lambda r: r.appservice), row
 
@@ -187,7 +190,13 @@ def render(
         if not w.answered:
             lines.append(f"worker {w.worker}: NO ANSWER ({w.error})")
             continue
-        lag = ", ".join(f"{group} {records}" for group, records in sorted(w.lag.items())) or "-"
+        lag = (
+            ", ".join(
+                f"{group} {records}" + (f" ({w.lag_s[group]:.0f} s)" if w.lag_s.get(group) else "")
+                for group, records in sorted(w.lag.items())
+            )
+            or "-"
+        )
         owned = ", ".join(f"{topic} {count}" for topic, count in sorted(w.assigned_partitions.items())) or "none"
         ready = "ready" if w.ready else f"NOT READY ({w.ready_detail})"
         lines.append(f"worker {w.worker}: {ready}; partitions: {owned}; lag: {lag}")

@@ -13,7 +13,11 @@ decisions live here so they are tested without a registry, a thread or Kafka:
   by the owner, from the counts of successive states: no timestamp is stored,
   so after the appservice changed owner its items count from the takeover).
 * ``router_lag`` and ``group_lag``: consumer lag per partition, from
-  librdkafka's statistics (router) and from highwater and committed offsets.
+  librdkafka's statistics (router) and from highwater and committed offsets;
+  ``router_committed``: where each of the router's partitions resumes.
+* ``OldestUnconsumed``: the lag in seconds, i.e. the age of the record at each
+  lagging partition's committed offset: which partitions' records to read
+  (the shell reads them), and the Kafka timestamps read.
 * ``readiness``: why a worker is not ready to take traffic, if it is not.
 """
 
@@ -251,6 +255,86 @@ def group_lag(highwater: int | None, committed: int | None) -> int | None:
     return max(0, highwater - committed)
 
 
+# A partition the group never committed resumes at the log start: librdkafka's OFFSET_BEGINNING.
+FROM_START = -2
+
+
+def router_committed(stats: Mapping[str, Any], topic: str, assigned: Iterable[int]) -> dict[int, int]:
+    """Where the router resumes on each of ``assigned``: its committed offset, else ``FROM_START``."""
+    partitions = stats.get("topics", {}).get(topic, {}).get("partitions", {})
+    offsets: dict[int, int] = {}
+    for partition in assigned:
+        committed = partitions.get(str(partition), {}).get("committed_offset")
+        if isinstance(committed, int):
+            offsets[partition] = committed if committed >= 0 else FROM_START
+    return offsets
+
+
+# Reads of a record's timestamp per lag interval at most: a worker owns a few dozen partitions,
+# and a reading is one small fetch, so this bounds the cost, not the usual case.
+MAX_PROBES = 64
+
+Partition = tuple[str, int]  # topic, partition
+
+
+class OldestUnconsumed:
+    """When the oldest record not yet committed was written, per lagging partition: the lag in seconds.
+
+    The age of the record at a partition's committed offset (now minus its
+    Kafka timestamp) says how far behind the group is in time, which records
+    cannot (a record a minute is not a record a millisecond). Reading it is
+    I/O, so ``wanted`` names what to read: partitions behind whose committed
+    offset moved since their record was read, most records behind first,
+    at most ``MAX_PROBES``. A partition not moving costs nothing after its first
+    read; one caught up (lag 0) is forgotten and has age 0.
+
+    Between readings the age is of the record read last, so while the group
+    moves it overstates by at most one lag interval's progress.
+
+    Written by the thread that reads (``wanted``, ``found``) and by the loop
+    (``forget``), read by the scrape (``age_s``): each is one dict operation
+    or a swap of the whole dict.
+    """
+
+    def __init__(self) -> None:
+        # (group, topic, partition) → (offset read at, Kafka timestamp of the record found there, ms)
+        self._read: dict[tuple[str, str, int], tuple[int, int]] = {}
+
+    def wanted(
+        self, group: str, behind: Mapping[Partition, tuple[int, int]], limit: int = MAX_PROBES
+    ) -> list[tuple[str, int, int]]:
+        """``behind``: (records behind, committed offset) of every partition ``group`` consumes here.
+
+        Forgets the group's partitions no longer behind, and returns the
+        (topic, partition, offset) whose record to read.
+        """
+        lagging = {key: committed for key, (records, committed) in behind.items() if records > 0}
+        self._read = {key: read for key, read in self._read.copy().items() if key[0] != group or key[1:] in lagging}
+        stale = [key for key, committed in lagging.items() if self._read.get((group, *key), (None,))[0] != committed]
+        stale.sort(key=lambda key: -behind[key][0])
+        return [(topic, partition, lagging[(topic, partition)]) for topic, partition in stale[:limit]]
+
+    def found(self, group: str, topic: str, partition: int, offset: int, timestamp_ms: int) -> None:
+        """The oldest record not yet committed, read at ``offset``, was written at ``timestamp_ms``."""
+        self._read[(group, topic, partition)] = (offset, timestamp_ms)
+
+    def forget(self, group: str, topic: str, keep: Iterable[int]) -> None:
+        """``group`` consumes only ``keep`` of ``topic`` here now: a partition's next owner reads it again."""
+        kept = set(keep)
+        self._read = {
+            key: read for key, read in self._read.copy().items() if key[0] != group or key[1] != topic or key[2] in kept
+        }
+
+    def age_s(self, group: str, topic: str, partition: int, records: int, now_ms: int) -> float | None:
+        """The lag in seconds of a partition ``records`` behind: 0 when none, None while not read yet."""
+        if records <= 0:
+            return 0.0
+        read = self._read.get((group, topic, partition))
+        if read is None:
+            return None
+        return max(0, now_ms - read[1]) / 1000  # a producer's clock ahead of ours gives 0, not a negative age
+
+
 def readiness(*, router_started: bool, router_alive: bool, assigned: bool, rebalancing: bool) -> list[str]:
     """Why the worker is not ready (empty: ready)."""
     reasons = []
@@ -268,12 +352,16 @@ def readiness(*, router_started: bool, router_alive: bool, assigned: bool, rebal
 KIND_LABELS = {kind: kind.name.lower() for kind in KINDS}
 
 __all__ = [
+    "FROM_START",
     "KIND_LABELS",
+    "MAX_PROBES",
     "AppserviceView",
     "Arrivals",
+    "OldestUnconsumed",
     "OwnedAppservices",
     "group_lag",
     "readiness",
+    "router_committed",
     "router_lag",
     "undelivered",
     "view",

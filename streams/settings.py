@@ -70,10 +70,14 @@ class Settings:
     # own (0 turns them off).
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9109
+    # How often both groups' consumer lag is taken (records and seconds).
+    lag_interval_s: float = 5.0
     # Where the router starts on input partitions its group never committed
     # (a new app id): "latest", only what is produced from now on, or
     # "earliest", the topic's whole retained history.
     start_from: str = "latest"
+    # How every log line is written: "text" (one line, human-readable) or "json" (one JSON object a line).
+    log_format: str = "text"
 
     @property
     def inbox_topic(self) -> str:
@@ -154,6 +158,20 @@ def _start_from(env: Mapping[str, str]) -> str:
     return raw
 
 
+LOG_FORMATS = ("text", "json")
+
+
+def log_format(env: Mapping[str, str]) -> str:
+    """``APPSERVICE_STREAMS_LOG_FORMAT``: ``text`` (the default) or ``json`` (JSON lines).
+
+    Raises: ConfigError naming the variable.
+    """
+    raw = env.get("APPSERVICE_STREAMS_LOG_FORMAT") or "text"
+    if raw not in LOG_FORMATS:
+        raise ConfigError(f"environment variable APPSERVICE_STREAMS_LOG_FORMAT={raw!r} must be 'text' or 'json'")
+    return raw
+
+
 def input_partitions(env: Mapping[str, str]) -> int:
     """Partitions of the input topic when it is created (the worker and the ingest both may).
 
@@ -190,8 +208,10 @@ def from_environment(registrations_dir: Path, env: Mapping[str, str] | None = No
         "http_port": _port(env, "APPSERVICE_STREAMS_HTTP_PORT", 8009),
         "metrics_host": env.get("APPSERVICE_STREAMS_METRICS_HOST") or "127.0.0.1",
         "metrics_port": _port(env, "APPSERVICE_STREAMS_METRICS_PORT", 9109),
+        "lag_interval_s": _number(env, "APPSERVICE_STREAMS_LAG_INTERVAL_S", 5.0),
         "fetch_max_wait_ms": int(_number(env, "APPSERVICE_STREAMS_FETCH_MAX_WAIT_MS", 10)),
         "start_from": _start_from(env),
+        "log_format": log_format(env),
         "legacy_authorization": env.get("APPSERVICE_STREAMS_LEGACY_AUTHORIZATION", "").lower() in ("1", "true", "yes"),
         "appservice_ca_file": _existing_file(env, "APPSERVICE_STREAMS_APPSERVICE_CA_FILE"),
         "kafka_security": security_from_environment(env),

@@ -24,6 +24,7 @@ class IngestProcess:
     log_path: Path
     port: int = field(default_factory=free_port)
     extra_args: list[str] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -37,7 +38,7 @@ class IngestProcess:
             log.write(f"\n===== start {self.starts} =====\n".encode())
             command = [sys.executable, "-m", "agents.cli", "ingest", "--registration", str(self.registration)]
             command += ["--listen", f"127.0.0.1:{self.port}", "--topic", self.topic, *self.extra_args]
-            env = {**os.environ, "APPSERVICE_STREAMS_INPUT_PARTITIONS": "4"}
+            env = {**os.environ, "APPSERVICE_STREAMS_INPUT_PARTITIONS": "4", **self.extra_env}
             self.process = subprocess.Popen(
                 command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2]
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import json
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,24 @@ def test_the_package_carries_every_file_the_local_broker_needs() -> None:
     shipped = {path for glob in globs for path in (ROOT / "agents").glob(glob)}
     needed = set(KAFKA_FILES.iterdir())
     assert needed and needed <= shipped, sorted(str(p) for p in needed - shipped)
+
+
+def test_the_monitoring_profile_provisions_grafana_with_the_prometheus_datasource_and_the_dashboard() -> None:
+    services = compose()["services"]
+    grafana, prometheus = services["grafana"], services["prometheus"]
+    assert grafana["profiles"] == prometheus["profiles"] == ["monitoring"]
+    mounts = dict(volume.removesuffix(":ro").split(":") for volume in grafana["volumes"])
+    assert mounts == {
+        "./deploy/grafana/provisioning": "/etc/grafana/provisioning",
+        "./deploy/grafana/dashboards": "/var/lib/grafana/dashboards",
+    }
+    provisioning = ROOT / "deploy/grafana/provisioning"
+    [source] = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())["datasources"]
+    assert (source["type"], source["url"]) == ("prometheus", "http://prometheus:9090")  # the service beside it
+    [provider] = yaml.safe_load((provisioning / "dashboards/appservice-streams.yml").read_text())["providers"]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/appservice-streams.json").read_text())
+    uids = {target["datasource"]["uid"] for panel in dashboard["panels"] for target in panel["targets"]}
+    assert uids == {source["uid"]}
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == "/var/lib/grafana/dashboards/appservice-streams.json"

@@ -1,13 +1,27 @@
-"""Client library logs: repeats collapsed, the worker's own lines untouched."""
+"""Logs: one configuration (text or JSON lines) with tokens hidden; client library repeats collapsed."""
 
 from __future__ import annotations
 
 import logging
+import logging.config
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
+import orjson
 import pytest
 
-from agents.logs import KAFKA_LOGGER, Repeats, collapse_library_repeats
+from agents.logs import (
+    KAFKA_LOGGER,
+    REDACTED,
+    JsonLines,
+    Repeats,
+    TextLines,
+    collapse_library_repeats,
+    hide,
+    logging_config,
+)
 
 
 class Clock:
@@ -84,3 +98,65 @@ def test_only_the_kafka_clients_loggers_get_the_filter(fresh_filters: list[loggi
     assert repeats not in deliverer.filters  # "appservice … is DOWN" is never held back
     collapse_library_repeats(repeats)
     assert conn.filters.count(repeats) == 1
+
+
+def failing_record(text: str, *args: object) -> logging.LogRecord:
+    try:
+        raise RuntimeError("refused with Authorization: Bearer tok-hs-1234")
+    except RuntimeError:
+        return logging.LogRecord("agents.worker", logging.ERROR, __file__, 1, text, args, sys.exc_info())
+
+
+def test_a_json_line_has_time_level_logger_message_and_the_exception_text_on_one_line() -> None:
+    line = JsonLines().format(failing_record("appservice %s is DOWN", "bridge"))
+    assert "\n" not in line
+    doc = orjson.loads(line)
+    assert (doc["level"], doc["logger"], doc["message"]) == ("ERROR", "agents.worker", "appservice bridge is DOWN")
+    assert doc["time"].endswith("+00:00") and "T" in doc["time"]
+    assert doc["exception"].startswith("Traceback") and "RuntimeError: refused" in doc["exception"]
+
+
+def test_a_json_line_without_an_exception_has_no_exception_key() -> None:
+    doc = orjson.loads(JsonLines().format(record("worker ready", name="agents.worker", level=logging.INFO)))
+    assert set(doc) == {"time", "level", "logger", "message"}
+
+
+@pytest.mark.parametrize("formatter", [JsonLines(), TextLines()], ids=["json", "text"])
+def test_tokens_never_appear_in_a_line_nor_in_its_exception_text(
+    formatter: logging.Formatter,
+) -> None:
+    hide(["tok-hs-1234", "tok-as-5678", None])
+    line = formatter.format(failing_record("sending with %s", "tok-as-5678"))
+    assert "tok-hs-1234" not in line and "tok-as-5678" not in line
+    assert line.count(REDACTED) >= 2  # the message, the exception (and the source line the traceback quotes)
+
+
+def test_the_json_configuration_makes_every_logger_write_json_lines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        logging.config.dictConfig(logging_config("json", "info"))
+        logging.getLogger("faust.worker").info("starting")
+        logging.getLogger("librdkafka").debug("not at info")
+    finally:
+        root.handlers[:], root.level = saved
+    [line] = capsys.readouterr().err.splitlines()
+    assert orjson.loads(line)["logger"] == "faust.worker"
+
+
+def test_an_unknown_log_format_stops_a_command_at_start_up_with_one_line_naming_the_setting() -> None:
+    env = {**os.environ, "APPSERVICE_STREAMS_LOG_FORMAT": "xml"}
+    done = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "status", "--worker", "127.0.0.1:1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "appservice-streams: environment variable APPSERVICE_STREAMS_LOG_FORMAT='xml' must be 'text' or 'json'"
+    ]

@@ -195,11 +195,37 @@ def test_a_wedged_loop_fails_liveness_while_metrics_still_answer(loop_thread: as
     assert health.loop_answers(timeout_s=5)
 
 
+def test_lag_in_seconds_is_exported_beside_records_by_the_owner_only() -> None:
+    metrics = Metrics([BRIDGE])
+    metrics.set_assignment("app", "app.inbox", [0, 1, 2])
+    metrics.set_lag("app", {("app.inbox", 0): 3, ("app.inbox", 1): 0, ("app.inbox", 2): 4}, {("app.inbox", 0): 17})
+    assert metrics.oldest.wanted("app", metrics.behind("app")) == [("app.inbox", 0, 17)]  # 2: where it resumes unknown
+    metrics.oldest.found("app", "app.inbox", 0, 17, 1_000)  # written at 1 s: long ago
+    age = sample(metrics, "consumer_lag_seconds", group="app", topic="app.inbox", partition="0")
+    assert age is not None and age > 50 * 365 * 86400
+    assert sample(metrics, "consumer_lag_seconds", group="app", topic="app.inbox", partition="1") == 0
+    assert sample(metrics, "consumer_lag_seconds", group="app", topic="app.inbox", partition="2") is None
+    metrics.set_assignment("app", "app.inbox", [1])  # partition 0 revoked: its series and reading go
+    assert sample(metrics, "consumer_lag_seconds", group="app", topic="app.inbox", partition="0") is None
+    metrics.set_lag("app", {("app.inbox", 0): 3}, {("app.inbox", 0): 17})  # back here: read again first
+    assert sample(metrics, "consumer_lag_seconds", group="app", topic="app.inbox", partition="0") is None
+
+
+def test_the_router_lag_in_seconds_resumes_at_librdkafkas_committed_offset() -> None:
+    metrics = Metrics([BRIDGE])
+    metrics.set_assignment("app-router", "matrix.events", [0])
+    partition = '{"consumer_lag": 3, "ls_offset": 10, "committed_offset": 7}'
+    metrics.router_stats(
+        "app-router", "matrix.events", f'{{"topics": {{"matrix.events": {{"partitions": {{"0": {partition}}}}}}}}}', [0]
+    )
+    assert metrics.behind("app-router") == {("matrix.events", 0): (3, 7)}
+
+
 def test_the_shipped_rules_use_only_metrics_the_worker_exports() -> None:
     metrics = Metrics([BRIDGE])
     metrics.owned.assigned([0])
     metrics.owned.stepped(BRIDGE, 0, AppserviceState(), 0)
-    metrics.set_lag("app", {("app.inbox", 0): 0})
+    metrics.set_lag("app", {("app.inbox", 0): 0}, {("app.inbox", 0): 0})
     metrics.set_assignment("app", "app.inbox", [0])
     exported = {s.name for family in metrics.registry.collect() for s in family.samples}
     rules = yaml.safe_load((Path(__file__).parents[2] / "deploy/prometheus/alerts.yml").read_text())
@@ -229,7 +255,8 @@ def test_status_reads_one_workers_metrics_into_rows_and_a_table() -> None:
         0,
     )
     metrics.set_assignment("app", "app.inbox", [0, 1])
-    metrics.set_lag("app", {("app.inbox", 0): 3, ("app.inbox", 1): 4})
+    metrics.set_lag("app", {("app.inbox", 0): 3, ("app.inbox", 1): 4}, {("app.inbox", 0): 9, ("app.inbox", 1): 2})
+    metrics.oldest.found("app", "app.inbox", 0, 9, 0)  # written in 1970: the worst partition's age
     rows, worker = parse("w1:9109", generate_latest(metrics.registry).decode())
     [row] = rows
     assert (row.appservice, row.worker, row.up, row.state, row.failed_attempts) == (
@@ -242,8 +269,10 @@ def test_status_reads_one_workers_metrics_into_rows_and_a_table() -> None:
     assert row.oldest_undelivered_s > 50 * 365 * 86400  # stepped at 0 ms: its items arrived in 1970
     assert row.backlog == {"event": 250, "ephemeral": 2, "to_device": 0, "device": 0}
     assert (worker.assigned_partitions, worker.lag) == ({"app.inbox": 2}, {"app": 7})
+    assert worker.lag_s["app"] > 50 * 365 * 86400
     table = render(rows, [worker, WorkerRow("w2:9109", answered=False, error="refused")], now_unix=0)
     assert "bridge" in table and "retrying" in table and "NO" in table and "252" in table
+    assert re.search(r"lag: app 7 \(\d+ s\)", table), table
     assert "worker w2:9109: NO ANSWER (refused)" in table
     assert unowned(rows, ["bridge", "bot"]) == ["bot"]
     assert "NOT EXPORTED BY ANY WORKER: bot" in render(rows, [worker], now_unix=0, missing=["bot"])

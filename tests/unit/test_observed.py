@@ -25,10 +25,13 @@ from streams.machine import (
 )
 from streams.matrix import AppserviceID, TxnID
 from streams.observed import (
+    FROM_START,
     Arrivals,
+    OldestUnconsumed,
     OwnedAppservices,
     group_lag,
     readiness,
+    router_committed,
     router_lag,
     undelivered,
     view,
@@ -304,3 +307,55 @@ def test_a_day_long_outage_keeps_a_bounded_number_of_runs_and_ages_within_a_perc
     assert oldest is not None
     true_age, age = now - arrived_at[delivered], now - oldest
     assert true_age <= age <= true_age + max(1000, true_age // 100)
+
+
+def test_router_committed_is_where_the_router_resumes_or_the_log_start() -> None:
+    doc = stats({"0": {"committed_offset": 28}, "1": {"committed_offset": -1001}, "3": {"committed_offset": 5}})
+    assert router_committed(doc, "matrix.events", [0, 1, 2]) == {0: 28, 1: FROM_START}
+
+
+def test_oldest_unconsumed_wants_partitions_behind_most_records_first_and_bounded() -> None:
+    oldest = OldestUnconsumed()
+    behind = {("in", 0): (0, 10), ("in", 1): (5, 20), ("in", 2): (50, FROM_START), ("in", 3): (7, 3)}
+    assert oldest.wanted("g", behind) == [("in", 2, FROM_START), ("in", 3, 3), ("in", 1, 20)]
+    assert oldest.wanted("g", behind, limit=1) == [("in", 2, FROM_START)]
+
+
+def test_a_partition_read_is_not_read_again_until_its_committed_offset_moves() -> None:
+    oldest = OldestUnconsumed()
+    oldest.found("g", "in", 1, 20, 1_000)
+    assert oldest.wanted("g", {("in", 1): (5, 20)}) == []
+    assert oldest.wanted("g", {("in", 1): (3, 22)}) == [("in", 1, 22)]
+    # Until then its age is that of the record read last: an upper bound.
+    assert oldest.age_s("g", "in", 1, 3, now_ms=4_000) == 3.0
+
+
+def test_the_lag_in_seconds_is_the_age_of_the_record_read_and_0_when_caught_up() -> None:
+    oldest = OldestUnconsumed()
+    assert oldest.age_s("g", "in", 1, 5, now_ms=10_000) is None  # behind, not read yet: no figure
+    oldest.found("g", "in", 1, 20, 2_500)
+    assert oldest.age_s("g", "in", 1, 5, now_ms=10_000) == 7.5
+    assert oldest.age_s("g", "in", 1, 0, now_ms=10_000) == 0.0
+    assert oldest.age_s("g", "in", 1, 5, now_ms=1_000) == 0.0  # a producer clock ahead of ours: never negative
+
+
+def test_a_partition_caught_up_or_gone_is_forgotten_and_read_again_when_behind() -> None:
+    oldest = OldestUnconsumed()
+    oldest.found("g", "in", 1, 20, 1_000)
+    oldest.found("g", "in", 2, 30, 1_000)
+    oldest.found("other", "in", 1, 20, 1_000)
+    assert oldest.wanted("g", {("in", 1): (0, 25)}) == []  # caught up; partition 2 no longer reported
+    assert oldest.age_s("g", "in", 2, 4, now_ms=2_000) is None
+    assert oldest.wanted("g", {("in", 1): (4, 20)}) == [("in", 1, 20)]  # behind again at the same offset
+    assert oldest.age_s("other", "in", 1, 4, now_ms=2_000) == 1.0  # another group's readings stay
+
+
+def test_forget_drops_the_readings_of_partitions_no_longer_consumed_here() -> None:
+    oldest = OldestUnconsumed()
+    oldest.found("g", "in", 1, 20, 1_000)
+    oldest.found("g", "in", 2, 20, 1_000)
+    oldest.found("g", "other", 1, 20, 1_000)
+    oldest.forget("g", "in", keep=[2])
+    assert oldest.age_s("g", "in", 1, 4, now_ms=2_000) is None
+    assert oldest.age_s("g", "in", 2, 4, now_ms=2_000) == 1.0
+    assert oldest.age_s("g", "other", 1, 4, now_ms=2_000) == 1.0

@@ -87,3 +87,17 @@ def test_a_new_app_id_starts_from_the_end_of_the_input_unless_told_otherwise() -
 def test_an_unknown_start_position_is_a_config_error_naming_the_variable() -> None:
     with pytest.raises(ConfigError, match="APPSERVICE_STREAMS_START_FROM='beginning'"):
         settings(APPSERVICE_STREAMS_START_FROM="beginning")
+
+
+def test_the_lag_is_taken_every_5_s_unless_told_otherwise_and_never_every_0_s() -> None:
+    assert from_environment(Path("r"), BASE).lag_interval_s == 5.0
+    assert from_environment(Path("r"), {**BASE, "APPSERVICE_STREAMS_LAG_INTERVAL_S": "0.5"}).lag_interval_s == 0.5
+    with pytest.raises(ConfigError, match="APPSERVICE_STREAMS_LAG_INTERVAL_S"):
+        settings(APPSERVICE_STREAMS_LAG_INTERVAL_S="0")
+
+
+def test_logs_are_text_unless_json_is_asked_for_and_anything_else_is_refused() -> None:
+    assert from_environment(Path("r"), BASE).log_format == "text"
+    assert from_environment(Path("r"), {**BASE, "APPSERVICE_STREAMS_LOG_FORMAT": "json"}).log_format == "json"
+    with pytest.raises(ConfigError, match="APPSERVICE_STREAMS_LOG_FORMAT='JSON'"):
+        settings(APPSERVICE_STREAMS_LOG_FORMAT="JSON")
