@@ -6,7 +6,7 @@ order. Layouts (version 1):
 
 * backlog chunk:   ``01`` then, per item, ``u32 length`` + the item's JSON
   (``streams.backlog`` owns it, beside its key layout). Version 2 (written
-  now): ``02`` then ``u64`` the earliest arrival (ms) among its items, then
+  now): ``02`` then ``i64`` the earliest arrival (ms) among its items, then
   the items as in version 1.
 * appservice:      ``01`` then JSON ``[phase, inflight, attempt, retry_at_ms,
   down_since_ms, last_txn_id, queued, applied, cursor]`` where ``inflight`` is
