@@ -4,8 +4,7 @@ Counters are counted where things happen (a send's outcome, a dead letter, a
 rebalance) and labelled by appservice ID at most: never by room, user or txn.
 Gauges of state are read at scrape time, on the metrics thread, from what the
 worker keeps anyway (``streams.observed``): the deliverer's per-step cost is
-a dict store and an ``Arrivals`` update (0.6 µs, ~3 µs when counts moved),
-and a scrape costs nothing between scrapes.
+one dict store, and a scrape costs nothing between scrapes.
 
 Only the owner of an appservice's inbox partition exports its ``appservice_*``
 gauges, and only the owner of a partition exports its ``consumer_lag`` and
@@ -220,8 +219,8 @@ class _StateCollector(Collector):
         )
         oldest = GaugeMetricFamily(
             PREFIX + "appservice_oldest_undelivered_seconds",
-            "Age of the oldest item not yet delivered, since it reached this worker (or since this worker took"
-            " the appservice over); 0 when none",
+            "Age of the oldest item not yet delivered, since its input record's timestamp (kept in the stored"
+            " state, so it survives a change of owner); 0 when none",
             labels=["appservice"],
         )
         attempt = GaugeMetricFamily(

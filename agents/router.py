@@ -11,7 +11,8 @@ Per batch (whatever is fetched, up to ``batch_max``):
 
 1. ``streams.routing.route_batch`` decides, purely: items grouped by inbox
    partition and appservice, rooms changed, records nobody can read;
-2. one record per inbox partition (``streams.records.encode_routed``), the
+2. one record per inbox partition (``streams.records.encode_routed``, each
+   item with its input record's timestamp, for the age gauge), the
    changed rooms to the compacted ``<app>.rooms`` changelog, records that
    cannot be delivered (malformed, or over ``MAX_INPUT_RECORD_BYTES``) to the
    dead-letter topic (``streams.dead_letter``);
@@ -38,7 +39,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from agents.fatal import fatal
 from agents.kafka_config import confluent_config, confluent_producer_config
@@ -220,7 +229,9 @@ class Router:
                 # owner reads it again from the committed offset. Routing it here raised
                 # InvariantBroken (no room store for the partition) during a rebalance.
                 continue
-            records.append(InputRecord(partition, offset, message.value()))
+            kind, timestamp = message.timestamp()
+            arrived = timestamp if kind != TIMESTAMP_NOT_AVAILABLE and timestamp >= 0 else None
+            records.append(InputRecord(partition, offset, message.value(), arrived))
             last[partition] = offset
         if not records:
             return
@@ -259,8 +270,10 @@ class Router:
         batch = route_batch(records, self.rooms.load, self._interest, s.server_name, self._partitions.__getitem__)
         acked = _Acknowledgements(s.rooms_topic)
         for inbox_partition, groups in batch.items.items():
-            for value in encode_routed(groups):
-                acked.produce(producer, s.inbox_topic, value=value, partition=inbox_partition)
+            for routed in encode_routed(groups):
+                acked.produce(
+                    producer, s.inbox_topic, value=routed.value, headers=routed.headers, partition=inbox_partition
+                )
         for (partition, room_id), room in batch.rooms.items():
             acked.produce(producer, s.rooms_topic, key=room_id.encode(), value=encode_room(room), partition=partition)
         for record, reason, detail in batch.rejected:

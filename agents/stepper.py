@@ -44,7 +44,7 @@ class Stepper:
         self._store = store
         self._partitions = pipeline.settings.partitions
         self._config = MachineConfig(unit_ms=pipeline.settings.retry_unit_ms)
-        self._owned = pipeline.metrics.owned  # what the appservice gauges show: one O(1) update per step
+        self._owned = pipeline.metrics.owned  # what the appservice gauges show: one dict store per step
         self._inbox_partitions: dict[AppserviceID, int] = {}
         self._formats = {
             r.id: BodyFormat(ephemeral_stable=r.receive_ephemeral, ephemeral_unstable=r.push_ephemeral_msc2409)
@@ -72,7 +72,7 @@ class Stepper:
         jitter = random.random()
         for event in events:
             try:
-                decoded = decode_inbox_record(event.key, event.value, jitter=jitter)
+                decoded = decode_inbox_record(event.key, event.value, jitter=jitter, headers=event.headers)
             except BadRecord as exc:
                 pipeline = self._pipeline
                 pipeline.background.spawn(pipeline.to_dead_letter(event, Reason.MALFORMED, str(exc)), "dead-letter")
@@ -116,7 +116,7 @@ class Stepper:
             log.warning("inbox holds %d records for %s, which has no registration", len(inputs), appservice_id)
             return
         result = run_step(appservice_id, inputs, self._store, now_ms=now, config=self._config, body_format=body_format)
-        self._owned.stepped(appservice_id, self.inbox_partition(appservice_id), result.state, now)
+        self._owned.stepped(appservice_id, self.inbox_partition(appservice_id), result.state, result.oldest_ms)
         work.sends.extend(result.sends)
         work.delays.extend((appservice_id, d) for d in result.delays)
         for notice in result.notices:

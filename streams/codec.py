@@ -5,7 +5,9 @@ store. Integers in keys are big-endian so RocksDB's byte order is numeric
 order. Layouts (version 1):
 
 * backlog chunk:   ``01`` then, per item, ``u32 length`` + the item's JSON
-  (``streams.backlog`` owns it, beside its key layout).
+  (``streams.backlog`` owns it, beside its key layout). Version 2 (written
+  now): ``02`` then ``i64`` the earliest arrival (ms) among its items, then
+  the items as in version 1.
 * appservice:      ``01`` then JSON ``[phase, inflight, attempt, retry_at_ms,
   down_since_ms, last_txn_id, queued, applied, cursor]`` where ``inflight`` is
   ``null`` or ``[txn_id, [n_events, n_ephemeral, n_to_device, n_device]]`` and ``cursor``
@@ -27,6 +29,17 @@ transaction's key, is ``02`` then ``u64 txn_id``, ``u32 part count``, then
 the first part; part ``n`` (n ≥ 1), under the key with ``u32 n`` appended, is
 ``01`` then ``u64 txn_id`` then its bytes. The body is the parts joined in
 order. A body that fits one part is still written as version 1.
+
+Version 3 of the appservice value (the only one written now) keeps arrival
+times, so that the age of the oldest undelivered item survives a change of
+owner: ``03`` then ``u32 length`` of a JSON document, that document, then
+the in-flight body's exact bytes if it is inline (nothing otherwise; a body
+is never empty). The document is version 1's with each cursor list extended
+by ``head_ms`` (the head chunk's arrival time, ``null`` when no chunk is
+live) and one more element, ``inflight_since_ms``: the earliest arrival among
+the in-flight transaction's items (``null`` when none is in flight).
+Versions 1 and 2 still decode, their times ``None`` (not known: the step
+that reads them counts those items as arrived then).
 """
 
 from __future__ import annotations
@@ -42,7 +55,8 @@ from streams.machine import KINDS, AppserviceState, Phase, Split, Txn, counts
 from streams.matrix import TxnID
 
 V1 = 1
-V2 = 2  # appservice state with the in-flight txn's body inline
+V2 = 2  # appservice state with the in-flight txn's body inline (previous release)
+V3 = 3  # appservice state with arrival times
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 
@@ -59,17 +73,31 @@ class StoredAppservice:
 
     ``inline_body`` is the exact body of ``machine.inflight`` when it is kept
     here rather than under its own transaction key; None otherwise.
+    ``inflight_since_ms``: the earliest arrival among the in-flight
+    transaction's items (None when none is in flight, or not known).
     """
 
     machine: AppserviceState
     cursor: BacklogCursor
     inline_body: bytes | None = None
+    inflight_since_ms: int | None = None
+
+    @property
+    def oldest_ms(self) -> int | None:
+        """When the oldest item not yet delivered arrived (in flight or parked); None when none is."""
+        oldest = self.inflight_since_ms if self.machine.inflight is not None else None
+        for kind in self.cursor.kinds:
+            head_ms = kind.head_ms
+            if head_ms is not None and kind.head_chunk < kind.tail_chunk and (oldest is None or head_ms < oldest):
+                oldest = head_ms
+        return oldest
 
 
 def encode_appservice(stored: StoredAppservice) -> bytes:
+    """Raises: InvariantBroken for an empty inline body (its absence would be read)."""
     s = stored.machine
     inflight = None if s.inflight is None else [s.inflight.txn_id, list(s.inflight.counts)]
-    cursor = [[k.head_chunk, k.head_pos, k.tail_chunk] for k in stored.cursor.kinds]
+    cursor = [[k.head_chunk, k.head_pos, k.tail_chunk, k.head_ms] for k in stored.cursor.kinds]
     doc = [
         s.phase.value,
         inflight,
@@ -80,29 +108,37 @@ def encode_appservice(stored: StoredAppservice) -> bytes:
         list(s.queued),
         [list(p) for p in s.applied],
         cursor,
+        stored.inflight_since_ms,
     ]
     if s.split is not None:
         sp = s.split
         doc.append([sp.source, list(sp.total), list(sp.done), list(sp.size), sp.dead_lettering])
     json = orjson.dumps(doc)
-    if stored.inline_body is None:
-        return bytes((V1,)) + json
-    return bytes((V2,)) + _U32.pack(len(json)) + json + stored.inline_body
+    if stored.inline_body == b"":
+        raise InvariantBroken("an empty inline transaction body")
+    return bytes((V3,)) + _U32.pack(len(json)) + json + (stored.inline_body or b"")
 
 
 def decode_appservice(raw: bytes) -> StoredAppservice:
     """Raises: InvariantBroken on an unknown version or a malformed value."""
+    version = raw[:1]
     inline_body = None
-    if raw[:1] == bytes((V2,)):
+    if version in (bytes((V2,)), bytes((V3,))):
         end = 5 + _U32.unpack_from(raw, 1)[0] if len(raw) >= 5 else len(raw) + 1
         if end > len(raw):
             raise InvariantBroken("truncated appservice state")
         json, inline_body = raw[5:end], raw[end:]
+        if version == bytes((V3,)) and not inline_body:
+            inline_body = None
     else:
         expect_version(raw, "appservice state")
         json = raw[1:]
     try:
-        phase, inflight, attempt, retry_at, down_since, last_txn_id, queued, applied, cursor, *more = orjson.loads(json)
+        doc = orjson.loads(json)
+        phase, inflight, attempt, retry_at, down_since, last_txn_id, queued, applied, cursor = doc[:9]
+        more = doc[9:]
+        # Version 3 adds the in-flight txn's earliest arrival; a split in progress follows, if any.
+        inflight_since = more.pop(0) if version == bytes((V3,)) else None
         split = None
         if more:
             [[source, total, done, size, dead_lettering]] = more
@@ -118,13 +154,14 @@ def decode_appservice(raw: bytes) -> StoredAppservice:
             applied=tuple((p, o) for p, o in applied),
             split=split,
         )
-        kinds = tuple(KindCursor(h, p, t) for h, p, t in cursor)
+        # Cursors of versions 1 and 2 have no head time: KindCursor's default (not known).
+        kinds = tuple(KindCursor(*k) for k in cursor)
         if len(kinds) != len(KINDS):
             raise InvariantBroken(f"{len(kinds)} backlog cursors for {len(KINDS)} kinds")
         if inline_body is not None and machine.inflight is None:
             raise InvariantBroken("an inline transaction body without a transaction in flight")
-        return StoredAppservice(machine, BacklogCursor(kinds), inline_body)
-    except (ValueError, TypeError, IndexError) as exc:
+        return StoredAppservice(machine, BacklogCursor(kinds), inline_body, inflight_since)
+    except (ValueError, TypeError, IndexError, AttributeError) as exc:
         raise InvariantBroken(f"malformed appservice state: {exc}") from exc
 
 

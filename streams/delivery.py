@@ -13,6 +13,12 @@ worker, a dict in tests), it
 and returns what the shell must do *after* that storage is durable: HTTP
 sends of stored transactions and retry timers for the delay topic.
 
+The state also keeps when the oldest undelivered items arrived (the backlog's
+head chunk per kind, and the earliest arrival among the in-flight
+transaction's items), so that any owner reads their age from the store. A
+state written by the previous release has no times: its items count as
+arrived at the first step that reads it.
+
 Write order within a step, so that a crash after *any prefix* of the writes
 leaves a consistent store (Faust's changelog is not transactional: a killed
 worker may have made some records of a step durable and not others):
@@ -96,6 +102,8 @@ class Send:
 @dataclass
 class StepResult:
     state: AppserviceState
+    # When the oldest item not yet delivered arrived, from the state stored; None when none is.
+    oldest_ms: int | None = None
     sends: list[Send] = field(default_factory=list)
     delays: list[DelayRecord] = field(default_factory=list)
     notices: list[WentDown | CameUp | Ignored | FormSlice] = field(default_factory=list)
@@ -179,34 +187,49 @@ def run_step(
     """
     stored = load_state(store, appservice_id)
     ordered = _DeletesLast(store)
-    backlog = Backlog(appservice_id, stored.cursor, _Prefixed(ordered, b"b\x00"))
-    bodies = _Bodies(appservice_id, ordered, stored)
+    backlog = Backlog(appservice_id, stored.cursor, _Prefixed(ordered, b"b\x00"), now_ms)
+    bodies = _Bodies(appservice_id, ordered, stored, now_ms)
     machine = stored.machine
     result = StepResult(machine)
     for event in inputs:
         machine, commands = step(machine, event, now_ms, config)
         for command in commands:
             _apply(appservice_id, command, backlog, bodies, result, body_format)
-    new = StoredAppservice(machine, backlog.flush(), bodies.inline_body_of(machine))
+    new = StoredAppservice(machine, backlog.flush(), bodies.inline_body_of(machine), bodies.since_of(machine))
     if new != stored:
         store.put(state_key(appservice_id), encode_appservice(new))
     ordered.apply()
     result.state = machine
+    result.oldest_ms = new.oldest_ms
     return result
 
 
 class _Bodies:
-    """One step's transaction bodies: formed in it, inline in the state record, or under their own key."""
+    """One step's transaction bodies: formed in it, inline in the state record, or under their own key.
 
-    def __init__(self, appservice_id: AppserviceID, store: KeyValueStore, stored: StoredAppservice) -> None:
+    With each, the earliest arrival among its items.
+    """
+
+    def __init__(
+        self, appservice_id: AppserviceID, store: KeyValueStore, stored: StoredAppservice, now_ms: int
+    ) -> None:
         self._id = appservice_id
         self._store = store
         self._formed: dict[TxnID, bytes] = {}
         self._inline: dict[TxnID, bytes] = {}
-        if stored.inline_body is not None and stored.machine.inflight is not None:
-            self._inline[stored.machine.inflight.txn_id] = stored.inline_body
+        self._since: dict[TxnID, int] = {}
+        self._inflight_since = now_ms
+        inflight = stored.machine.inflight
+        if inflight is not None:
+            if stored.inline_body is not None:
+                self._inline[inflight.txn_id] = stored.inline_body
+            # Not known (stored by the previous release): its items count as arrived now.
+            since = stored.inflight_since_ms
+            self._inflight_since = now_ms if since is None else since
+            self._since[inflight.txn_id] = self._inflight_since
 
-    def form(self, txn_id: TxnID, body: bytes) -> None:
+    def form(self, txn_id: TxnID, body: bytes, since_ms: int) -> None:
+        self._since[txn_id] = since_ms
         self._formed[txn_id] = body
         if len(body) <= INLINE_BODY_MAX:
             self._inline[txn_id] = body  # written with the state, the step's commit point
@@ -217,6 +240,14 @@ class _Bodies:
             for number, part in enumerate(parts, start=1):
                 self._store.put(txn_key(self._id, txn_id, number), part)
             self._store.put(txn_key(self._id, txn_id), head)
+
+    def slice_since(self, source: TxnID) -> int:
+        """The arrival time of a slice of refused txn ``source``: the refused txn's own (its earliest item's).
+
+        Every slice inherits it, through the txn in flight when the step began (the refused txn itself, or
+        the previous slice): an upper bound on the age of a later slice's items, never an understatement.
+        """
+        return self._since.get(source, self._inflight_since)
 
     def keep_apart(self, txn_id: TxnID) -> None:
         """Store ``txn_id``'s body under its own key if it is inline: a refused txn's body outlives its time in
@@ -238,6 +269,7 @@ class _Bodies:
 
     def forget(self, txn_id: TxnID) -> None:
         self._formed.pop(txn_id, None)
+        self._since.pop(txn_id, None)
         if self._inline.pop(txn_id, None) is None:
             # Deletes are held until after the state.
             raw = self._store.get(txn_key(self._id, txn_id))
@@ -247,6 +279,15 @@ class _Bodies:
 
     def inline_body_of(self, machine: AppserviceState) -> bytes | None:
         return None if machine.inflight is None else self._inline.get(machine.inflight.txn_id)
+
+    def since_of(self, machine: AppserviceState) -> int | None:
+        """Raises: InvariantBroken if the txn in flight was neither stored nor formed (our bug)."""
+        if machine.inflight is None:
+            return None
+        since = self._since.get(machine.inflight.txn_id)
+        if since is None:
+            raise InvariantBroken(f"txn {machine.inflight.txn_id} of {self._id} is in flight with no arrival time")
+        return since
 
 
 def _apply(
@@ -258,25 +299,28 @@ def _apply(
     body_format: BodyFormat,
 ) -> None:
     if isinstance(command, Enqueue):
-        backlog.append(command.kind, command.payloads)
+        backlog.append(command.kind, command.payloads, command.arrived_ms)
     elif isinstance(command, FormTxn):
         taken = [backlog.take(kind, command.txn.counts[kind]) for kind in KINDS]
         body = build_body(
-            taken[ItemKind.EVENT],
-            taken[ItemKind.EPHEMERAL],
-            taken[ItemKind.TO_DEVICE],
-            taken[ItemKind.DEVICE],
+            taken[ItemKind.EVENT][0],
+            taken[ItemKind.EPHEMERAL][0],
+            taken[ItemKind.TO_DEVICE][0],
+            taken[ItemKind.DEVICE][0],
             ephemeral_stable=body_format.ephemeral_stable,
             ephemeral_unstable=body_format.ephemeral_unstable,
         )
-        bodies.form(command.txn.txn_id, body)
+        times = [since for _, since in taken if since is not None]
+        if not times:
+            raise InvariantBroken(f"txn {command.txn.txn_id} of {appservice_id} formed of no items")
+        bodies.form(command.txn.txn_id, body, min(times))
     elif isinstance(command, FormSlice):
         bodies.keep_apart(command.source)
         try:
             body = slice_body(bodies.body(command.source), command.start, command.txn.counts)
         except ValueError as exc:
             raise InvariantBroken(f"stored txn {command.source} of {appservice_id}: {exc}") from exc
-        bodies.form(command.txn.txn_id, body)
+        bodies.form(command.txn.txn_id, body, bodies.slice_since(command.source))
         result.notices.append(command)
     elif isinstance(command, SendTxn):
         result.sends.append(Send(appservice_id, command.txn_id, command.attempt, bodies.body(command.txn_id)))

@@ -99,6 +99,9 @@ class Item:
     kind: ItemKind
     source: SourcePosition
     payload: bytes  # the item's JSON, as it goes into the transaction body
+    # When it arrived: its input record's timestamp (ms). None when the inbox
+    # record did not say (written by an older release): it arrived when read.
+    arrived_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -225,10 +228,15 @@ Input = ItemsArrived | TxnSucceeded | TxnFailed | TxnTooLarge | TxnDeadLettered 
 
 @dataclass(frozen=True)
 class Enqueue:
-    """Append payloads, in order, to the tail of this kind's backlog."""
+    """Append payloads, in order, to the tail of this kind's backlog.
+
+    ``arrived_ms``: the earliest arrival among them (one time per run, not one
+    per item: the backlog keeps the age of its oldest items, not of each).
+    """
 
     kind: ItemKind
     payloads: tuple[bytes, ...]
+    arrived_ms: int
 
 
 @dataclass(frozen=True)
@@ -373,16 +381,19 @@ def _items_arrived(
     queued = list(state.queued)
     run: list[bytes] = []
     run_kind: ItemKind | None = None
+    run_ms = now_ms
 
     def enqueue_run() -> None:
+        nonlocal run_ms
         if not run or run_kind is None:
             return
         last = out[-1] if out else None
         if isinstance(last, Enqueue) and last.kind is run_kind:
-            out[-1] = Enqueue(run_kind, (*last.payloads, *run))
+            out[-1] = Enqueue(run_kind, (*last.payloads, *run), min(last.arrived_ms, run_ms))
         else:
-            out.append(Enqueue(run_kind, tuple(run)))
+            out.append(Enqueue(run_kind, tuple(run), run_ms))
         run.clear()
+        run_ms = now_ms
 
     for item in event.items:
         source = item.source
@@ -393,6 +404,10 @@ def _items_arrived(
             enqueue_run()
             run_kind = item.kind
         run.append(item.payload)
+        # No time said: it arrived now. A time ahead of now (a producer's clock) counts as now.
+        arrived = item.arrived_ms
+        if arrived is not None and arrived < run_ms:
+            run_ms = arrived
         queued[item.kind] += 1
         if state.phase is Phase.IDLE:
             enqueue_run()

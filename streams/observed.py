@@ -4,14 +4,14 @@ The shell (``agents.metrics``) turns these into Prometheus samples; the
 decisions live here so they are tested without a registry, a thread or Kafka:
 
 * ``OwnedAppservices``: the latest machine state of every appservice whose
-  inbox partition this worker owns, written once per step (a dict store and
-  an ``Arrivals`` update, O(1) amortized) and read by the scrape on another
-  thread. Only the owner exports an appservice: a revocation drops its
-  partitions' appservices, and steps of partitions not owned are not kept.
-* ``view``: the gauges of one appservice from its ``AppserviceState``, and
-  ``Arrivals``: when its oldest undelivered item arrived here (kept in memory
-  by the owner, from the counts of successive states: no timestamp is stored,
-  so after the appservice changed owner its items count from the takeover).
+  inbox partition this worker owns, written once per step (one dict store)
+  and read by the scrape on another thread. Only the owner exports an
+  appservice: a revocation drops its partitions' appservices, and steps of
+  partitions not owned are not kept.
+* ``view``: the gauges of one appservice from its ``AppserviceState`` and
+  when its oldest undelivered item arrived, which the step read from the
+  stored state (``StoredAppservice.oldest_ms``: its input record's timestamp),
+  so it is the same whichever worker owns the appservice.
 * ``router_lag`` and ``group_lag``: consumer lag per partition, from
   librdkafka's statistics (router) and from highwater and committed offsets;
   ``router_committed``: where each of the router's partitions resumes.
@@ -23,12 +23,11 @@ decisions live here so they are tested without a registry, a thread or Kafka:
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streams.machine import KINDS, NO_ITEMS, AppserviceState, Counts, Phase, counts
+from streams.machine import KINDS, AppserviceState, Counts, Phase, counts
 from streams.matrix import AppserviceID
 
 
@@ -50,112 +49,13 @@ def _undelivered_counts(state: AppserviceState) -> Counts:
 
 
 def view(state: AppserviceState, now_ms: int, oldest_ms: int | None = None) -> AppserviceView:
-    """The gauges of ``state`` at ``now_ms``; ``oldest_ms``: when its oldest undelivered item arrived (``Arrivals``)."""
+    """The gauges of ``state`` at ``now_ms``; ``oldest_ms``: when its oldest undelivered item arrived."""
     down_since = state.down_since_ms
     down_for_s = 0.0 if down_since is None else max(0, now_ms - down_since) / 1000
     oldest_s = 0.0 if oldest_ms is None else max(0, now_ms - oldest_ms) / 1000
     return AppserviceView(
         not state.phase.is_down, state.phase, _undelivered_counts(state), down_for_s, state.attempt, oldest_s
     )
-
-
-# Bounds on the runs kept per kind, and so on the memory of a long outage: items arriving within
-# MERGE_MS of the latest run's first join it; past MAX_RUNS, neighbours merge once the newer one's
-# span is under 1/MERGE_FRACTION of its age. An age is then overstated by at most 1 s or 1/64 of
-# it, and a day-long outage keeps ~800 runs per kind instead of one per step.
-MERGE_MS = 1000
-MERGE_FRACTION = 64
-MAX_RUNS = 1024
-
-
-class Arrivals:
-    """When one appservice's undelivered items arrived, per kind: runs ``[count, first_ms, last_ms]``, oldest first.
-
-    Fed each state its steps leave. Items leave only by delivery: the txn in
-    flight before a step and not after it was delivered, taking its counts off
-    the head of each kind; whatever else the undelivered counts grew by arrived
-    in that step. Each kind is its own FIFO (a txn takes from each head), so
-    each has its own runs, bounded by merging close arrivals (``MERGE_MS``, ``MAX_RUNS``).
-    The first state seen counts as arrived then. A few comparisons per step
-    when nothing moved, a few µs when something did.
-    """
-
-    __slots__ = ("_caps", "_last", "_oldest", "_runs", "_totals")
-
-    def __init__(self, state: AppserviceState, now_ms: int) -> None:
-        self._runs: tuple[deque[list[int]], ...] = tuple(deque() for _ in KINDS)
-        self._caps = [MAX_RUNS] * len(KINDS)
-        self._totals = list(_undelivered_counts(state))
-        for kind, count in enumerate(self._totals):
-            if count:
-                self._runs[kind].append([count, now_ms, now_ms])
-        self._last = state
-        self._oldest = self._head()
-
-    def _head(self) -> int | None:
-        heads = [runs[0][1] for runs in self._runs if runs]
-        return min(heads) if heads else None
-
-    def _compact(self, kind: int, now_ms: int) -> None:
-        """Merge neighbouring runs whose joint span is small beside the age of its newest item."""
-        runs = self._runs[kind]
-        merged: list[list[int]] = []
-        for run in runs:
-            previous = merged[-1] if merged else None
-            if previous is not None and run[2] - previous[1] <= (now_ms - run[2]) // MERGE_FRACTION:
-                previous[0] += run[0]
-                previous[2] = run[2]
-            else:
-                merged.append(run)
-        runs.clear()
-        runs.extend(merged)
-        # Fresh runs may not merge yet: compact again only when the runs have doubled.
-        self._caps[kind] = max(MAX_RUNS, 2 * len(merged))
-
-    def update(self, state: AppserviceState, now_ms: int) -> int | None:
-        """Take the state a step left; returns when the oldest item not yet delivered arrived (None: none left)."""
-        last, self._last = self._last, state
-        if state.queued == last.queued and state.inflight == last.inflight:
-            return self._oldest  # most steps of a waiting appservice: nothing moved
-        was, now_in = last.inflight, state.inflight
-        delivered = was is not None and (now_in is None or now_in.txn_id != was.txn_id)
-        was_counts = was.counts if was is not None else NO_ITEMS
-        now_counts = now_in.counts if now_in is not None else NO_ITEMS
-        for kind in range(len(KINDS)):
-            gone = was_counts[kind] if delivered else 0
-            after = state.queued[kind] + now_counts[kind]
-            arrived = after - last.queued[kind] - was_counts[kind] + gone
-            if not gone and not arrived:
-                continue
-            runs = self._runs[kind]
-            total = self._totals[kind] - gone
-            while gone and runs:
-                head = runs[0]
-                if head[0] <= gone:
-                    gone -= head[0]
-                    runs.popleft()
-                else:
-                    head[0] -= gone
-                    gone = 0
-            if arrived > 0:
-                if runs and now_ms - runs[-1][1] < MERGE_MS:
-                    runs[-1][0] += arrived  # within a second of the latest run's first: joins it
-                    runs[-1][2] = now_ms
-                else:
-                    runs.append([arrived, now_ms, now_ms])
-                    if len(runs) > self._caps[kind]:
-                        self._compact(kind, now_ms)
-                total += arrived
-            if total != after or gone:
-                # Not a change one step makes: start again from what is known, keeping the oldest time.
-                since = runs[0][1] if runs else now_ms
-                runs.clear()
-                if after:
-                    runs.append([after, since, now_ms])
-                total = after
-            self._totals[kind] = total
-        self._oldest = self._head()
-        return self._oldest
 
 
 def undelivered(state: AppserviceState) -> int:
@@ -175,7 +75,6 @@ class OwnedAppservices:
         self._owned: frozenset[int] = frozenset()
         # appservice → (inbox partition, state, when its oldest undelivered item arrived)
         self._states: dict[AppserviceID, tuple[int, AppserviceState, int | None]] = {}
-        self._arrivals: dict[AppserviceID, Arrivals] = {}  # the loop's own, never read by a scrape
 
     def assigned(self, partitions: Iterable[int]) -> None:
         """The inbox partitions owned from now on (a new assignment landed)."""
@@ -186,21 +85,20 @@ class OwnedAppservices:
         """Nothing is owned for sure until the next assignment: every appservice's series goes."""
         self._owned = frozenset()
         self._states = {}
-        self._arrivals = {}
 
-    def stepped(self, appservice_id: AppserviceID, partition: int, state: AppserviceState, now_ms: int) -> None:
-        """The state an appservice's step at ``now_ms`` left, kept only while its partition is owned."""
-        if partition not in self._owned:
-            return
-        arrivals = self._arrivals.get(appservice_id)
-        if arrivals is None:
-            arrivals = self._arrivals[appservice_id] = Arrivals(state, now_ms)
-        self._states[appservice_id] = (partition, state, arrivals.update(state, now_ms))
+    def stepped(
+        self, appservice_id: AppserviceID, partition: int, state: AppserviceState, oldest_ms: int | None
+    ) -> None:
+        """The state an appservice's step left and when its oldest undelivered item arrived (None: none is).
+
+        Kept only while its partition is owned.
+        """
+        if partition in self._owned:
+            self._states[appservice_id] = (partition, state, oldest_ms)
 
     def _drop_unowned(self) -> None:
         owned = self._owned
         self._states = {a: entry for a, entry in self._states.copy().items() if entry[0] in owned}
-        self._arrivals = {a: arrivals for a, arrivals in self._arrivals.items() if a in self._states}
 
     def inflight(self, appservice_id: AppserviceID, txn_id: int) -> Counts | None:
         """The item counts of ``txn_id`` if it is the appservice's transaction in flight here."""
@@ -356,7 +254,6 @@ __all__ = [
     "KIND_LABELS",
     "MAX_PROBES",
     "AppserviceView",
-    "Arrivals",
     "OldestUnconsumed",
     "OwnedAppservices",
     "group_lag",

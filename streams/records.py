@@ -12,10 +12,17 @@ appservice that hashes there (the per-record cost in Faust and aiokafka is
 what limits a worker, and 50 appservices would cut a batch into 50 records).
 It is produced to that partition explicitly, with no key.
 
+Each routed item carries when it arrived (its input record's timestamp) in a
+header, ``ARRIVED_HEADER``, not in the value: the value's layout is the
+previous release's, so during a rolling upgrade a worker of either release
+reads the other's records (an older one ignores the header; a record without
+it, or whose header does not match its items, means "arrived when read").
+
 Binary layout, version 1 (integers big-endian)::
 
     inbox routed     01 'M' then per appservice: id_length:u16 id:utf8 items_length:u32
                      items, each: kind:u8 src_partition:u32 src_offset:u64 length:u32 payload
+                     header ARRIVED_HEADER: per item, in record order, arrived_ms:i64 (-1 = not known)
     inbox succeeded  01 'S' txn_id:u64
     inbox failed     01 'F' txn_id:u64 retry_after_ms:i64 (-1 = none) reason:utf8
     inbox too large  01 'L' txn_id:u64 reason:utf8
@@ -30,7 +37,8 @@ Binary layout, version 1 (integers big-endian)::
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 from streams.errors import BadRecord
 from streams.machine import (
@@ -56,18 +64,31 @@ _DELAY = struct.Struct(">BQQI")
 _ITEM = struct.Struct(">BIQI")
 _GROUP = struct.Struct(">HI")  # id length, then (after the id) items length
 _ROUTED_TAG = bytes((V1,)) + b"M"
+ARRIVED_HEADER = "arrived_ms"
+_ARRIVED = struct.Struct(">q")
 # Kafka refuses records over 1 MB by default; stay well below with headers.
 MAX_BATCH_BYTES = 900_000
 
 
-def encode_routed(routed: dict[AppserviceID, list[Item]]) -> list[bytes]:
+@dataclass(frozen=True)
+class RoutedRecord:
+    value: bytes
+    arrived: bytes  # the value of its ARRIVED_HEADER
+
+    @property
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [(ARRIVED_HEADER, self.arrived)]
+
+
+def encode_routed(routed: dict[AppserviceID, list[Item]]) -> list[RoutedRecord]:
     """Items of several appservices (one inbox partition) as few records as fit under ``MAX_BATCH_BYTES``.
 
     Each appservice's items keep their order; one appservice may continue in
-    the next record.
+    the next record. The arrival times in the header count towards the size.
     """
-    records: list[bytes] = []
+    records: list[RoutedRecord] = []
     record: list[bytes] = [_ROUTED_TAG]
+    arrived: list[bytes] = []
     record_size = len(_ROUTED_TAG)
     for appservice_id, items in routed.items():
         name = appservice_id.encode()
@@ -75,19 +96,20 @@ def encode_routed(routed: dict[AppserviceID, list[Item]]) -> list[bytes]:
         group_size = _GROUP.size + len(name)
         for item in items:
             part = _ITEM.pack(item.kind, item.source.partition, item.source.offset, len(item.payload)) + item.payload
-            full = record_size + group_size + len(part) > MAX_BATCH_BYTES
+            full = record_size + group_size + len(part) + _ARRIVED.size > MAX_BATCH_BYTES
             if full and (group or len(record) > 1):
                 record.extend(_group(name, group))
-                records.append(b"".join(record))
-                record, record_size = [_ROUTED_TAG], len(_ROUTED_TAG)
+                records.append(RoutedRecord(b"".join(record), b"".join(arrived)))
+                record, record_size, arrived = [_ROUTED_TAG], len(_ROUTED_TAG), []
                 group, group_size = [], _GROUP.size + len(name)
             group.append(part)
-            group_size += len(part)
+            group_size += len(part) + _ARRIVED.size
+            arrived.append(_ARRIVED.pack(-1 if item.arrived_ms is None else item.arrived_ms))
         if group:
             record.extend(_group(name, group))
             record_size += group_size
     if len(record) > 1:
-        records.append(b"".join(record))
+        records.append(RoutedRecord(b"".join(record), b"".join(arrived)))
     return records
 
 
@@ -99,14 +121,20 @@ def _group(name: bytes, items: list[bytes]) -> list[bytes]:
     return [head[:2], name, head[2:], *items]
 
 
-def decode_routed(raw: bytes) -> list[tuple[AppserviceID, ItemsArrived]]:
+def decode_routed(raw: bytes, arrived: bytes | None = None) -> list[tuple[AppserviceID, ItemsArrived]]:
     """Decode a routed-items record into each appservice's items, in record order.
+
+    ``arrived``: its ``ARRIVED_HEADER``. Without one that holds a time per
+    item, every item's time is None (not known: it arrived when read). A bad
+    header is no reason to lose the items: it is only a gauge's input.
 
     Raises:
         BadRecord: not a routed record, or truncated.
     """
     if raw[:2] != _ROUTED_TAG:
         raise BadRecord("not a routed-items inbox record")
+    times = [] if not arrived or len(arrived) % _ARRIVED.size else [t for (t,) in _ARRIVED.iter_unpack(arrived)]
+    at = 0
     groups = []
     pos = 2
     try:
@@ -125,11 +153,18 @@ def decode_routed(raw: bytes) -> list[tuple[AppserviceID, ItemsArrived]]:
                 pos += _ITEM.size
                 if pos + length > end:
                     raise BadRecord(f"truncated item in routed-items record (appservice {name!r})")
-                items.append(Item(ItemKind(kind), SourcePosition(partition, offset), raw[pos : pos + length]))
+                arrived_ms = times[at] if at < len(times) and times[at] >= 0 else None
+                items.append(
+                    Item(ItemKind(kind), SourcePosition(partition, offset), raw[pos : pos + length], arrived_ms)
+                )
                 pos += length
+                at += 1
             groups.append((AppserviceID(name), ItemsArrived(tuple(items))))
     except (struct.error, ValueError) as exc:
         raise BadRecord(f"malformed routed-items record: {exc}") from exc
+    if times and at != len(times):
+        # The header does not match the items: none of its times can be trusted.
+        groups = [(a, ItemsArrived(tuple(replace(i, arrived_ms=None) for i in g.items))) for a, g in groups]
     return groups
 
 
@@ -153,16 +188,16 @@ def encode_outcome(
 
 
 def decode_inbox_record(
-    key: bytes | None, raw: bytes | None, *, jitter: float = 0.0
+    key: bytes | None, raw: bytes | None, *, jitter: float = 0.0, headers: Mapping[str, bytes] | None = None
 ) -> list[tuple[AppserviceID, Input]]:
-    """Decode any inbox record into the machine inputs it holds, with their appservice.
+    """Decode any inbox record (with its ``headers``) into the machine inputs it holds, with their appservice.
 
     Raises:
         BadRecord: empty, an unknown version or tag, truncated, or a
             single-appservice record without a UTF-8 key.
     """
     if raw is not None and raw[:2] == _ROUTED_TAG:
-        return list(decode_routed(raw))
+        return list(decode_routed(raw, None if headers is None else headers.get(ARRIVED_HEADER)))
     try:
         appservice_id = AppserviceID((key or b"").decode())
     except UnicodeDecodeError as exc:

@@ -84,6 +84,7 @@ class InputRecord:
     partition: int
     offset: int
     value: bytes | None
+    timestamp_ms: int | None = None  # the record's Kafka timestamp: when its items arrived
 
 
 @dataclass
@@ -150,7 +151,9 @@ def route_batch(
         delivery = recipients(decoded, view, interest)
         if not delivery.appservices:
             continue
-        item = Item(delivery.kind, SourcePosition(record.partition, record.offset), delivery.payload)
+        item = Item(
+            delivery.kind, SourcePosition(record.partition, record.offset), delivery.payload, record.timestamp_ms
+        )
         for appservice_id in delivery.appservices:
             batch.items.setdefault(inbox_partition(appservice_id), {}).setdefault(appservice_id, []).append(item)
     return batch

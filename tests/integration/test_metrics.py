@@ -140,3 +140,62 @@ async def test_two_workers_export_disjoint_appservices_and_a_survivor_takes_over
         await until(worker, lambda s: exported(s) == set(APPSERVICES), 60, "the survivor exporting all")
     finally:
         other.stop()
+
+
+def owner_of(appservice_id: str, *samples: Samples) -> int | None:
+    """Which of the scrapes exports ``appservice_id`` (its inbox partition's owner), if exactly one does."""
+    owners = [n for n, s in enumerate(samples) if appservice_id in exported(s)]
+    return owners[0] if len(owners) == 1 else None
+
+
+async def test_the_oldest_undelivered_age_survives_a_sigkill_of_the_owner(
+    appservice_factory: Factory, registrations: Path, worker: WorkerProcess, producer: EventProducer, tmp_path: Path
+) -> None:
+    bridge = appservice_factory()
+    await bridge.start()
+    bridge.fail_next(100_000, 503)  # down for the whole test
+    write_registration(registrations, "bridge", bridge.url)
+    other = worker.sibling("other", tmp_path)
+    worker.start()
+    other.start()
+    workers = (worker, other)
+    try:
+        # Both in the group and ready, the bridge exported by exactly one of them: its owner.
+        deadline = time.monotonic() + 45
+        while True:
+            scrapes = [await scrape(w) for w in workers]
+            ready = [(await get(w, "/readyz"))[0] for w in workers]
+            owner_index = owner_of("bridge", *scrapes)
+            if owner_index is not None and ready == [200, 200]:
+                break
+            assert time.monotonic() < deadline, f"no single ready owner of the bridge: {ready}"
+            await asyncio.sleep(0.3)
+        owner, survivor = workers[owner_index], workers[1 - owner_index]
+
+        for n in range(31):
+            producer.send_event(message(n))
+        producer.flush()
+        samples = await until(
+            owner,
+            lambda s: (
+                value(s, "appservice_backlog_items", appservice="bridge", kind="event") == 31
+                and (value(s, "appservice_oldest_undelivered_seconds", appservice="bridge") or 0) >= 5
+            ),
+            30,
+            "31 events parked, the oldest 5 s old",
+        )
+        before = value(samples, "appservice_oldest_undelivered_seconds", appservice="bridge") or 0
+
+        owner.kill()
+        # The survivor takes the partition over and exports the bridge from the state it restored: the age
+        # counts from the events' input timestamps, not from the takeover.
+        samples = await until(
+            survivor,
+            lambda s: value(s, "appservice_backlog_items", appservice="bridge", kind="event") == 31,
+            90,
+            "the survivor exporting the bridge's 31 parked events",
+        )
+        after = value(samples, "appservice_oldest_undelivered_seconds", appservice="bridge") or 0
+        assert after >= before, f"the oldest age went from {before} s to {after} s at the takeover"
+    finally:
+        other.stop()

@@ -3,6 +3,10 @@
 Faust produces a step's changelog records one by one, so a SIGKILL can leave
 any prefix of them durable. The step's inputs were not committed, so they are
 processed again against that store. Every (step, prefix) pair is tried here.
+
+Arrival times are part of that state: after any crash and replay, the stored
+times (the in-flight txn's earliest, each kind's head chunk's) and the
+oldest age read from them are those of a run without a crash.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from streams.codec import MAX_TXN_PART_BYTES
-from streams.delivery import INLINE_BODY_MAX, run_step
+from streams.codec import MAX_TXN_PART_BYTES, decode_appservice
+from streams.delivery import INLINE_BODY_MAX, run_step, state_key
 from streams.machine import (
     Input,
     Item,
@@ -57,12 +61,25 @@ class LoggingStore:
 # and is stored in parts (and they are parked in several backlog chunks first).
 PADDING = b"x" * 100
 HUGE = range(151, 161)
+# Input timestamps grow with the offset (so the oldest undelivered item is the
+# first), except event 161's, which an inbox record of the previous release
+# brought without one: it arrived when its step read it.
+NO_TIME = 161
+
+
+def input_time(offset: int) -> int | None:
+    return None if offset == NO_TIME else 500_000 + 10 * offset
 
 
 def arrived(*offsets: int) -> ItemsArrived:
     return ItemsArrived(
         tuple(
-            Item(ItemKind.EVENT, SourcePosition(0, o), b'{"o":%d,"p":"%s"}' % (o, PADDING * (1200 if o in HUGE else 1)))
+            Item(
+                ItemKind.EVENT,
+                SourcePosition(0, o),
+                b'{"o":%d,"p":"%s"}' % (o, PADDING * (1200 if o in HUGE else 1)),
+                input_time(o),
+            )
             for o in offsets
         )
     )
@@ -113,15 +130,31 @@ def writes_of_each_step(plan: Plan = PLAN) -> list[int]:
     return counts
 
 
+# After a step: the oldest arrival it reported, the stored in-flight txn's, and each kind's head chunk's.
+Times = tuple[int | None, int | None, tuple[int | None, ...]]
+
+
+def stored_times(result_oldest: int | None, store: LoggingStore) -> Times:
+    stored = decode_appservice(store.data[state_key(AS)])
+    heads = tuple(k.head_ms if k.live else None for k in stored.cursor.kinds)
+    return result_oldest, stored.inflight_since_ms if stored.machine.inflight else None, heads
+
+
 def drive(
-    crash: tuple[int, int] | None, write_counts: list[int] | None = None, plan: Plan = PLAN
+    crash: tuple[int, int] | None,
+    write_counts: list[int] | None = None,
+    plan: Plan = PLAN,
+    times: list[Times] | None = None,
 ) -> tuple[list[int], LoggingStore, dict[int, bytes]]:
-    delivered, _, store, bodies = drive_with_dead_letters(crash, write_counts, plan)
+    delivered, _, store, bodies = drive_with_dead_letters(crash, write_counts, plan, times)
     return delivered, store, bodies
 
 
 def drive_with_dead_letters(
-    crash: tuple[int, int] | None, write_counts: list[int] | None = None, plan: Plan = PLAN
+    crash: tuple[int, int] | None,
+    write_counts: list[int] | None = None,
+    plan: Plan = PLAN,
+    times: list[Times] | None = None,
 ) -> tuple[list[int], list[int], LoggingStore, dict[int, bytes]]:
     store = LoggingStore()
     inflight = TxnID(0)
@@ -157,8 +190,16 @@ def drive_with_dead_letters(
         for send in result.sends:
             inflight = send.txn_id
             assert bodies.setdefault(send.txn_id, send.body) == send.body, "a txn id always carries one body"
+        if times is not None:
+            times.append(stored_times(result.oldest_ms, store))
         now += 10_000
     return delivered, dead, store, bodies
+
+
+def times_without_a_crash(plan: Plan = PLAN) -> list[Times]:
+    times: list[Times] = []
+    drive(None, times=times, plan=plan)
+    return times
 
 
 CASES = [(step, prefix) for step, count in enumerate(writes_of_each_step()) for prefix in range(count)]
@@ -177,6 +218,24 @@ def test_without_a_crash_everything_is_delivered_in_order() -> None:
     delivered, store, _ = drive(None)
     assert delivered == list(range(162))
     assert [k[:2] for k in store.data] == [b"s\x00"], "only the state is left once everything is delivered"
+
+
+def test_without_a_crash_the_oldest_arrival_is_that_of_the_first_item_not_delivered() -> None:
+    oldest = [t[0] for t in times_without_a_crash()]
+    # Steps: 0 formed a txn of 0; 1 parked 1-150 (one chunk); 2 delivered 0 (1-100 in flight); 3 failed;
+    # 4 parked 151-160; 5 retried; 6 delivered 1-100 (101-160 in flight: 101-150 are the rest of step 1's
+    # chunk and keep its time) and event 161 came without a time, at 1,060,000; 7 delivered 101-160; 8, 161.
+    assert oldest == [
+        input_time(0),
+        input_time(0),
+        input_time(1),
+        input_time(1),
+        input_time(1),
+        input_time(1),
+        input_time(1),
+        1_060_000,
+        None,
+    ]
 
 
 @pytest.mark.parametrize("crash", CASES, ids=[f"step{s}-after-{p}-writes" for s, p in CASES])
@@ -199,3 +258,21 @@ def test_a_refused_txn_is_delivered_in_slices_and_single_items_dead_lettered() -
 def test_a_crash_while_splitting_or_dead_lettering_loses_and_reorders_nothing(crash: tuple[int, int]) -> None:
     delivered, dead, _, _ = drive_with_dead_letters(crash, plan=PLAN_413)
     assert (delivered, dead) == (DELIVERED_413, DEAD_413)
+
+
+@pytest.mark.parametrize("crash", CASES, ids=[f"step{s}-after-{p}-writes" for s, p in CASES])
+def test_after_a_crash_at_any_prefix_the_stored_arrival_times_are_those_without_a_crash(
+    crash: tuple[int, int],
+) -> None:
+    times: list[Times] = []
+    drive(crash, times=times)
+    assert times == times_without_a_crash()
+
+
+@pytest.mark.parametrize("crash", CASES_413, ids=[f"step{s}-after-{p}-writes" for s, p in CASES_413])
+def test_after_a_crash_while_splitting_the_stored_arrival_times_are_those_without_a_crash(
+    crash: tuple[int, int],
+) -> None:
+    times: list[Times] = []
+    drive(crash, times=times, plan=PLAN_413)
+    assert times == times_without_a_crash(PLAN_413)

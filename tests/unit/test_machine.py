@@ -278,8 +278,20 @@ def test_items_parked_in_one_input_become_one_enqueue_per_run_of_a_kind_in_arriv
     )
     state, out = run(sending, mixed)
     assert out == [
-        Enqueue(ItemKind.EVENT, (b"1", b"2")),
-        Enqueue(ItemKind.EPHEMERAL, (b"3",)),
-        Enqueue(ItemKind.EVENT, (b"4",)),
+        Enqueue(ItemKind.EVENT, (b"1", b"2"), NOW),  # no input time: arrived now
+        Enqueue(ItemKind.EPHEMERAL, (b"3",), NOW),
+        Enqueue(ItemKind.EVENT, (b"4",), NOW),
     ]
     assert state.queued == (3, 1, 0, 0)
+
+
+def test_an_enqueued_run_carries_the_earliest_input_time_of_its_items_and_a_future_time_counts_as_now() -> None:
+    sending, _ = run(AppserviceState(), items(0))
+    times = [NOW - 50, NOW - 90, NOW + 5_000, None]
+    mixed = ItemsArrived(
+        tuple(Item(ItemKind.EVENT, SourcePosition(0, 1 + n), b"%d" % n, t) for n, t in enumerate(times))
+    )
+    _, out = run(sending, mixed)
+    assert [(c.arrived_ms, len(c.payloads)) for c in out if isinstance(c, Enqueue)] == [(NOW - 90, 4)]
+    _, out = run(sending, ItemsArrived((Item(ItemKind.EVENT, SourcePosition(0, 1), b"1", NOW + 5_000),)))
+    assert [c.arrived_ms for c in out if isinstance(c, Enqueue)] == [NOW]

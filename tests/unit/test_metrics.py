@@ -266,7 +266,7 @@ def test_status_reads_one_workers_metrics_into_rows_and_a_table() -> None:
         "retrying",
         4,
     )
-    assert row.oldest_undelivered_s > 50 * 365 * 86400  # stepped at 0 ms: its items arrived in 1970
+    assert row.oldest_undelivered_s > 50 * 365 * 86400  # its oldest item arrived at 0 ms: in 1970
     assert row.backlog == {"event": 250, "ephemeral": 2, "to_device": 0, "device": 0}
     assert (worker.assigned_partitions, worker.lag) == ({"app.inbox": 2}, {"app": 7})
     assert worker.lag_s["app"] > 50 * 365 * 86400

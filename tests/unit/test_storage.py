@@ -11,7 +11,9 @@ from streams.backlog import (
     MAX_CHUNK_BYTES,
     Backlog,
     BacklogCursor,
+    Chunk,
     KindCursor,
+    chunk_arrived_ms,
     chunk_key,
     decode_chunk,
     encode_chunk,
@@ -63,15 +65,20 @@ class DictStore:
         self.data.pop(key, None)
 
 
+NOW = 1_764_650_000_000
+
+
 def test_chunk_golden_bytes() -> None:
-    assert encode_chunk([b"{}", b"[1]"]) == b"\x01\x00\x00\x00\x02{}\x00\x00\x00\x03[1]"
+    raw = encode_chunk([b"{}", b"[1]"], 258)
+    assert raw == b"\x02\x00\x00\x00\x00\x00\x00\x01\x02\x00\x00\x00\x02{}\x00\x00\x00\x03[1]"
 
 
 def test_chunk_round_trip() -> None:
-    assert decode_chunk(encode_chunk([b"a", b"", b"ccc"])) == [b"a", b"", b"ccc"]
+    assert decode_chunk(encode_chunk([b"a", b"", b"ccc"], NOW)) == Chunk(NOW, [b"a", b"", b"ccc"])
+    assert chunk_arrived_ms(encode_chunk([b"a"], NOW)) == NOW
 
 
-@pytest.mark.parametrize("raw", [b"", b"\x02", b"\x01\x00\x00\x00\x05ab"])
+@pytest.mark.parametrize("raw", [b"", b"\x03", b"\x02\x00\x00", b"\x01\x00\x00\x00\x05ab"])
 def test_bad_chunks_raise(raw: bytes) -> None:
     with pytest.raises(InvariantBroken):
         decode_chunk(raw)
@@ -94,23 +101,39 @@ def test_appservice_state_round_trip() -> None:
             queued=(4, 5, 6, 7),
             applied=((0, 10), (3, 7)),
         ),
-        BacklogCursor((KindCursor(1, 2, 3), KindCursor(), KindCursor(0, 0, 9), KindCursor(4, 0, 5))),
+        BacklogCursor((KindCursor(1, 2, 3, 40), KindCursor(), KindCursor(0, 0, 9, 41), KindCursor(4, 0, 5, 42))),
+        inflight_since_ms=39,
     )
     assert decode_appservice(encode_appservice(stored)) == stored
 
 
 def test_appservice_state_golden_bytes() -> None:
     raw = encode_appservice(StoredAppservice(AppserviceState(), BacklogCursor()))
-    assert raw == b'\x01["idle",null,0,null,null,0,[0,0,0,0],[],[[0,0,0],[0,0,0],[0,0,0],[0,0,0]]]'
+    json = b'["idle",null,0,null,null,0,[0,0,0,0],[],[[0,0,0,null],[0,0,0,null],[0,0,0,null],[0,0,0,null]],null]'
+    assert raw == b"\x03" + len(json).to_bytes(4, "big") + json
 
 
-def test_appservice_state_with_an_inline_body_golden_bytes_and_round_trip() -> None:
-    machine = AppserviceState(phase=Phase.SENDING, inflight=Txn(TxnID(7), (1, 0, 0, 0)), last_txn_id=7)
-    stored = StoredAppservice(machine, BacklogCursor(), b'{"events":[{}]}')
+def test_appservice_state_with_times_and_an_inline_body_golden_bytes_and_round_trip() -> None:
+    machine = AppserviceState(
+        phase=Phase.SENDING, inflight=Txn(TxnID(7), (1, 0, 0, 0)), last_txn_id=7, queued=(2, 0, 0, 0)
+    )
+    cursor = BacklogCursor((KindCursor(0, 0, 1, 1500), KindCursor(), KindCursor(), KindCursor()))
+    stored = StoredAppservice(machine, cursor, b'{"events":[{}]}', 1400)
     raw = encode_appservice(stored)
-    json = b'["sending",[7,[1,0,0,0]],0,null,null,7,[0,0,0,0],[],[[0,0,0],[0,0,0],[0,0,0],[0,0,0]]]'
-    assert raw == b"\x02" + len(json).to_bytes(4, "big") + json + b'{"events":[{}]}'
+    json = (
+        b'["sending",[7,[1,0,0,0]],0,null,null,7,[2,0,0,0],[],'
+        b"[[0,0,1,1500],[0,0,0,null],[0,0,0,null],[0,0,0,null]],1400]"
+    )
+    assert raw == b"\x03" + len(json).to_bytes(4, "big") + json + b'{"events":[{}]}'
     assert decode_appservice(raw) == stored
+    assert stored.oldest_ms == 1400
+
+
+def test_the_oldest_arrival_is_the_earliest_of_the_txn_in_flight_and_each_kinds_head_chunk() -> None:
+    machine = AppserviceState(phase=Phase.SENDING, inflight=Txn(TxnID(7), (1, 0, 0, 0)), queued=(2, 0, 3, 0))
+    cursor = BacklogCursor((KindCursor(0, 0, 1, 1500), KindCursor(), KindCursor(4, 1, 6, 1200), KindCursor()))
+    assert StoredAppservice(machine, cursor, inflight_since_ms=1400).oldest_ms == 1200
+    assert StoredAppservice(AppserviceState(), BacklogCursor()).oldest_ms is None
 
 
 @pytest.mark.parametrize(
@@ -119,12 +142,20 @@ def test_appservice_state_with_an_inline_body_golden_bytes_and_round_trip() -> N
         b"\x02\x00\x00",  # no room for the JSON length
         b"\x02\x00\x00\x00\xff[]",  # JSON shorter than its length
         b"\x02\x00\x00\x00\x4a" + b'["idle",null,0,null,null,0,[0,0,0,0],[],[[0,0,0],[0,0,0],[0,0,0],[0,0,0]]]body',
+        b"\x03\x00\x00\x00\x02{}",  # not a list
+        b"\x04[]",
     ],
-    ids=["truncated-length", "truncated-json", "inline-body-without-a-txn-in-flight"],
+    ids=["truncated-length", "truncated-json", "inline-body-without-a-txn-in-flight", "v3-not-a-list", "v4"],
 )
-def test_bad_inline_states_raise(raw: bytes) -> None:
+def test_bad_states_raise(raw: bytes) -> None:
     with pytest.raises(InvariantBroken):
         decode_appservice(raw)
+
+
+def test_an_empty_inline_body_is_refused_since_it_would_read_as_none() -> None:
+    machine = AppserviceState(phase=Phase.SENDING, inflight=Txn(TxnID(7), (1, 0, 0, 0)), last_txn_id=7)
+    with pytest.raises(InvariantBroken):
+        encode_appservice(StoredAppservice(machine, BacklogCursor(), b""))
 
 
 def test_txn_golden_bytes_and_round_trip() -> None:
@@ -156,24 +187,24 @@ def test_bad_txn_heads_raise(raw: bytes) -> None:
 
 def test_backlog_is_fifo_across_chunks_and_partial_takes() -> None:
     store = DictStore()
-    backlog = Backlog("as", BacklogCursor(), store)
-    backlog.append(ItemKind.EVENT, [b"1", b"2", b"3"])
+    backlog = Backlog("as", BacklogCursor(), store, NOW)
+    backlog.append(ItemKind.EVENT, [b"1", b"2", b"3"], NOW)
     cursor = backlog.flush()
-    backlog = Backlog("as", cursor, store)
-    backlog.append(ItemKind.EVENT, [b"4", b"5"])
+    backlog = Backlog("as", cursor, store, NOW)
+    backlog.append(ItemKind.EVENT, [b"4", b"5"], NOW)
     cursor = backlog.flush()
-    backlog = Backlog("as", cursor, store)
-    assert backlog.take(ItemKind.EVENT, 2) == [b"1", b"2"]
-    assert backlog.take(ItemKind.EVENT, 2) == [b"3", b"4"]
+    backlog = Backlog("as", cursor, store, NOW)
+    assert backlog.take(ItemKind.EVENT, 2)[0] == [b"1", b"2"]
+    assert backlog.take(ItemKind.EVENT, 2)[0] == [b"3", b"4"]
     cursor = backlog.flush()
-    assert Backlog("as", cursor, store).take(ItemKind.EVENT, 1) == [b"5"]
+    assert Backlog("as", cursor, store, NOW).take(ItemKind.EVENT, 1)[0] == [b"5"]
 
 
 def test_backlog_consumed_chunks_are_deleted() -> None:
     store = DictStore()
-    backlog = Backlog("as", BacklogCursor(), store)
-    backlog.append(ItemKind.EVENT, [b"1"])
-    backlog = Backlog("as", backlog.flush(), store)
+    backlog = Backlog("as", BacklogCursor(), store, NOW)
+    backlog.append(ItemKind.EVENT, [b"1"], NOW)
+    backlog = Backlog("as", backlog.flush(), store, NOW)
     backlog.take(ItemKind.EVENT, 1)
     backlog.flush()
     assert store.data == {}
@@ -181,36 +212,36 @@ def test_backlog_consumed_chunks_are_deleted() -> None:
 
 def test_items_appended_and_taken_in_one_step_are_never_written() -> None:
     store = DictStore()
-    backlog = Backlog("as", BacklogCursor(), store)
-    backlog.append(ItemKind.EVENT, [b"1", b"2"])
-    assert backlog.take(ItemKind.EVENT, 2) == [b"1", b"2"]
+    backlog = Backlog("as", BacklogCursor(), store, NOW)
+    backlog.append(ItemKind.EVENT, [b"1", b"2"], NOW)
+    assert backlog.take(ItemKind.EVENT, 2)[0] == [b"1", b"2"]
     backlog.flush()
     assert store.writes == 0
 
 
 def test_a_large_append_is_split_into_chunks_under_the_record_cap_and_read_back_in_order() -> None:
     store = DictStore()
-    backlog = Backlog("as", BacklogCursor(), store)
+    backlog = Backlog("as", BacklogCursor(), store, NOW)
     items = [bytes([n % 256]) * 60_000 for n in range(40)]  # 2.4 MB in one step
-    backlog.append(ItemKind.EVENT, items)
+    backlog.append(ItemKind.EVENT, items, NOW)
     cursor = backlog.flush()
     assert len(store.data) > 1 and all(len(chunk) <= MAX_CHUNK_BYTES + 64 for chunk in store.data.values())
-    assert Backlog("as", cursor, store).take(ItemKind.EVENT, 40) == items
+    assert Backlog("as", cursor, store, NOW).take(ItemKind.EVENT, 40)[0] == items
 
 
 def test_an_item_larger_than_the_cap_gets_a_chunk_of_its_own() -> None:
     store = DictStore()
-    backlog = Backlog("as", BacklogCursor(), store)
+    backlog = Backlog("as", BacklogCursor(), store, NOW)
     items = [b"small", b"x" * (MAX_CHUNK_BYTES + 1), b"after"]
-    backlog.append(ItemKind.EVENT, items)
+    backlog.append(ItemKind.EVENT, items, NOW)
     cursor = backlog.flush()
     assert store.writes == 3
-    assert Backlog("as", cursor, store).take(ItemKind.EVENT, 3) == items
+    assert Backlog("as", cursor, store, NOW).take(ItemKind.EVENT, 3)[0] == items
 
 
 def test_taking_more_than_held_raises() -> None:
     with pytest.raises(InvariantBroken):
-        Backlog("as", BacklogCursor(), DictStore()).take(ItemKind.EVENT, 1)
+        Backlog("as", BacklogCursor(), DictStore(), NOW).take(ItemKind.EVENT, 1)
 
 
 def test_body_has_events_and_both_to_device_names() -> None:
