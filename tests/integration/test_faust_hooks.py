@@ -116,9 +116,11 @@ async def test_the_faust_groups_lag_reaches_zero_once_committed(
 
 
 @asynccontextmanager
-async def consumer_thread_reading(kafka: LocalKafka, tmp_path: Path, run_id: str, records: int) -> AsyncIterator[Any]:
+async def consumer_thread_reading(
+    kafka: LocalKafka, tmp_path: Path, run_id: str, records: int
+) -> AsyncIterator[tuple[Any, list[TP]]]:
     """Faust's consumer (its thread and aiokafka consumer started, as a worker's are) assigned every inbox
-    partition, each holding ``records`` records."""
+    partition, each holding ``records`` records; the consumer and the partitions."""
     settings = Settings(
         server_name="hs",
         registrations_dir=tmp_path,
@@ -142,13 +144,14 @@ async def consumer_thread_reading(kafka: LocalKafka, tmp_path: Path, run_id: str
     consumer = pipeline.app.consumer
     await consumer._thread.start()  # what starting Faust's consumer does: the thread, aiokafka's consumer in it
 
+    tps = [TP(settings.inbox_topic, partition) for partition in range(settings.partitions)]
+
     async def assign() -> None:  # the group's assignment, without the group
-        tps = [TopicPartition(settings.inbox_topic, partition) for partition in range(settings.partitions)]
-        consumer._thread._ensure_consumer().assign(tps)
+        consumer._thread._ensure_consumer().assign([TopicPartition(tp.topic, tp.partition) for tp in tps])
 
     await consumer._thread.call_thread(assign)
     try:
-        yield consumer
+        yield consumer, tps
     finally:
         await consumer._thread.stop()
         pipeline.changelog.close()
@@ -167,8 +170,8 @@ async def fetch(consumer: Any, tp: TP) -> list[int]:
 async def test_a_seek_reaches_aiokafka_on_fausts_consumer_thread(
     kafka: LocalKafka, tmp_path: Path, run_id: str
 ) -> None:
-    async with consumer_thread_reading(kafka, tmp_path, run_id, records=20) as consumer:
-        tp = TP(f"hooks-{run_id}.inbox", 0)
+    async with consumer_thread_reading(kafka, tmp_path, run_id, records=20) as (consumer, tps):
+        tp = tps[0]
         assert (await fetch(consumer, tp))[0] == 0
         fetcher = consumer._thread._ensure_consumer()._fetcher
         seek_to, seeking_threads = fetcher.seek_to, []
@@ -184,14 +187,13 @@ async def test_a_seek_reaches_aiokafka_on_fausts_consumer_thread(
         assert (await fetch(consumer, tp))[0] == 7
 
 
-SEEKS = 1_000
+SEEKS = 200  # without the hook the fetch crashed within 21-33 seeks (4 runs of 4)
 
 
 async def test_seeks_while_fausts_consumer_thread_fetches_never_crash_the_fetch(
     kafka: LocalKafka, tmp_path: Path, run_id: str
 ) -> None:
-    async with consumer_thread_reading(kafka, tmp_path, run_id, records=5_000) as consumer:
-        tps = sorted(TP(f"hooks-{run_id}.inbox", partition) for partition in range(4))
+    async with consumer_thread_reading(kafka, tmp_path, run_id, records=5_000) as (consumer, tps):
         for tp in tps:
             await fetch(consumer, tp)  # every partition has a position: seeks now land in the middle of fetches
         fetched = 0
