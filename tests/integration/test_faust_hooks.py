@@ -15,14 +15,31 @@ The others, and the full list of hooks and why each exists, are in
   group's lag: once the worker committed what it delivered, the inbox lag it
   exports must reach 0 (were the mapping no longer kept, the lag would stay at
   the partition's end offset, or be missing).
+* ``agents.worker._seek_on_consumer_thread``: ``Consumer.seek`` (the position
+  guard's re-read) must reach aiokafka on Faust's consumer thread, where
+  aiokafka's fetcher runs, not on the caller's: aiokafka's ``seek`` deletes the
+  partition's buffered records that ``Fetcher.fetched_records`` may be iterating
+  on that thread (a ``KeyError`` there crashed a worker). Checked: the seek runs
+  on that thread and the partition is read again from the offset sought; and
+  seeks made while Faust's consumer thread fetches never crash the fetch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+from aiokafka import TopicPartition
+from confluent_kafka import Producer
+from faust.types import TP
+
+from agents.kafka_config import producer_config
 from agents.local_kafka import LocalKafka
 from agents.producer import EventProducer
 from agents.topics import delete_prefixed, ensure_worker_topics, key_partition
@@ -96,3 +113,109 @@ async def test_the_faust_groups_lag_reaches_zero_once_committed(
             break
         await asyncio.sleep(0.5)
     assert lag == 0, f"inbox[{partition}] lag {lag}: Faust's committed offsets no longer reach agents.observe"
+
+
+@asynccontextmanager
+async def consumer_thread_reading(
+    kafka: LocalKafka, tmp_path: Path, run_id: str, records: int
+) -> AsyncIterator[tuple[Any, list[TP]]]:
+    """Faust's consumer (its thread and aiokafka consumer started, as a worker's are) assigned every inbox
+    partition, each holding ``records`` records; the consumer and the partitions."""
+    settings = Settings(
+        server_name="hs",
+        registrations_dir=tmp_path,
+        bootstrap_servers=kafka.bootstrap,
+        app_id=f"hooks-{run_id}",
+        input_topic=f"matrix.events.{run_id}",
+        input_partitions=1,
+        data_dir=tmp_path / "data",
+        http_port=0,
+        metrics_port=0,
+    )
+    settings = await asyncio.to_thread(ensure_worker_topics, settings)
+    producer = Producer(producer_config(kafka.bootstrap))
+    for partition in range(settings.partitions):
+        for n in range(records):
+            producer.produce(settings.inbox_topic, b"x" * 100, key=b"k", partition=partition)
+            if n % 1000 == 0:
+                producer.poll(0)
+    assert await asyncio.to_thread(producer.flush, 30) == 0
+    pipeline = create_pipeline(settings, ())
+    consumer = pipeline.app.consumer
+    await consumer._thread.start()  # what starting Faust's consumer does: the thread, aiokafka's consumer in it
+
+    tps = [TP(settings.inbox_topic, partition) for partition in range(settings.partitions)]
+
+    async def assign() -> None:  # the group's assignment, without the group
+        consumer._thread._ensure_consumer().assign([TopicPartition(tp.topic, tp.partition) for tp in tps])
+
+    await consumer._thread.call_thread(assign)
+    try:
+        yield consumer, tps
+    finally:
+        await consumer._thread.stop()
+        pipeline.changelog.close()
+        await asyncio.to_thread(delete_prefixed, kafka.bootstrap, (settings.app_id, settings.input_topic))
+
+
+async def fetch(consumer: Any, tp: TP) -> list[int]:
+    """The offsets of ``tp`` in Faust's next fetch that returns any (as Faust's fetch loop asks its thread)."""
+    for _ in range(100):
+        records = await consumer._thread.getmany({tp}, timeout=0.1)
+        if records.get(tp):
+            return [record.offset for record in records[tp]]
+    raise AssertionError(f"nothing fetched from {tp} in 10 s")
+
+
+async def test_a_seek_reaches_aiokafka_on_fausts_consumer_thread(
+    kafka: LocalKafka, tmp_path: Path, run_id: str
+) -> None:
+    async with consumer_thread_reading(kafka, tmp_path, run_id, records=20) as (consumer, tps):
+        tp = tps[0]
+        assert (await fetch(consumer, tp))[0] == 0
+        fetcher = consumer._thread._ensure_consumer()._fetcher
+        seek_to, seeking_threads = fetcher.seek_to, []
+
+        def seek_to_seen(partition: Any, offset: int) -> None:  # aiokafka's own seek, noting the thread it runs on
+            seeking_threads.append(threading.current_thread())
+            seek_to(partition, offset)
+
+        fetcher.seek_to = seek_to_seen
+        await consumer.seek(tp, 7)  # what the position guard calls
+        assert seeking_threads == [consumer._thread._thread], "aiokafka sought from another thread than its fetch's"
+        assert consumer._read_offset[tp] == 7, "Faust's fetch loop would drop the re-read as already read"
+        assert (await fetch(consumer, tp))[0] == 7
+
+
+SEEKS = 200  # without the hook the fetch crashed within 21-33 seeks (4 runs of 4)
+
+
+async def test_seeks_while_fausts_consumer_thread_fetches_never_crash_the_fetch(
+    kafka: LocalKafka, tmp_path: Path, run_id: str
+) -> None:
+    async with consumer_thread_reading(kafka, tmp_path, run_id, records=5_000) as (consumer, tps):
+        for tp in tps:
+            await fetch(consumer, tp)  # every partition has a position: seeks now land in the middle of fetches
+        fetched = 0
+        stop = asyncio.Event()
+
+        async def fetching() -> None:
+            nonlocal fetched
+            while not stop.is_set():
+                records = await consumer._thread.getmany(set(tps), timeout=0.01)  # aiokafka's KeyError comes out here
+                fetched += sum(len(batch) for batch in records.values())
+
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(1e-5)  # the threads take turns often: a race shows within a few seeks, not runs
+        fetches = asyncio.create_task(fetching())
+        try:
+            for n in range(SEEKS):
+                await consumer.seek(tps[n % len(tps)], n % 100)
+                await asyncio.sleep(0.001)
+                if fetches.done():
+                    break
+        finally:
+            stop.set()
+            sys.setswitchinterval(switch)
+            await asyncio.wait_for(fetches, timeout=30)  # raises what the fetch raised
+        assert fetched > SEEKS, "the fetch did not run beside the seeks"

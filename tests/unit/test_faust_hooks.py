@@ -39,7 +39,8 @@ bringing back what the hook corrects. The hooks:
 * ``agents.topics.key_partition`` must agree with the partitioner of the
   producer Faust builds (the router writes routed items to explicit partitions).
 
-The fetch wait (``agents.worker._bound_fetch_wait``, Faust hard-codes 1,500 ms)
+The fetch wait (``agents.worker._bound_fetch_wait``, Faust hard-codes 1,500 ms),
+the seek made on Faust's consumer thread (``agents.worker._seek_on_consumer_thread``)
 and the lag metric's ``Consumer._committed_offset`` need a started consumer:
 ``tests/integration/test_faust_hooks.py``.
 """
