@@ -2,11 +2,11 @@
 
 librdkafka has one fatal error for a consumer: a static member (``group.instance.id``)
 fenced, ``FENCED_INSTANCE_ID``; from then on ``poll`` returns only ``_FATAL``. On the
-three-broker cluster a node kill fences the router's static member with no other worker
-holding its instance id: the coordinator moving with the node loses a join's response,
-the group gives the instance id a new member id the consumer never learns, and its next
-request under the old one is refused (apache/kafka#23542 describes the same race in the
-new protocol). A new consumer with the same instance id rejoins and gets the partitions
+three-broker cluster a node kill fenced the router's static member with no other worker
+holding its instance id, most likely because the coordinator moving with the node lost a
+join's response: the group gave the instance id a new member id the consumer never
+learned, and its next request under the old one was refused (apache/kafka#23542 describes
+the same race in the new protocol). A new consumer with the same instance id rejoins and gets the partitions
 back without a rebalance of the others; it resumes from the committed offsets, and what
 it routes again carries its input position, which the deliverer drops as applied.
 
