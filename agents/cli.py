@@ -17,7 +17,7 @@ import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from agents.fatal import EXIT_CODE as EXIT_RESTART
 from streams.errors import (
@@ -32,6 +32,8 @@ from streams.errors import (
 from streams.registration import Registration
 
 if TYPE_CHECKING:
+    from mode import Worker
+
     from agents.local_cluster import LocalCluster
     from agents.local_kafka import LocalKafka
 
@@ -177,7 +179,7 @@ def _worker(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             return _fail("worker", exc)
     try:
-        worker.execute_from_commandline()  # exits the process (SystemExit)
+        run_faust_worker(worker)  # exits the process (SystemExit)
     finally:
         # Every agent has stopped: no table write can follow. A run that ends
         # any other way (SIGKILL, fatal) leaves no mark (agents.local_state).
@@ -185,6 +187,32 @@ def _worker(args: argparse.Namespace) -> int:
             stopped_cleanly(settings.state_dir)
         else:
             log.warning("changelog records unacknowledged at shutdown: local tables are rebuilt at the next start")
+
+
+# mode's Worker exits with this when a service crashed or its start raised (mode.worker.EX_FAILURE).
+_FAUST_CRASHED = 1
+
+
+def run_faust_worker(worker: Worker) -> NoReturn:
+    """Run ``worker`` (a ``faust.Worker``) until it ends, exiting 70 instead of mode's 1 on a crash.
+
+    mode logs the crash with its traceback, stops every service (Faust commits
+    only what the ack filter let through: records processed) and exits 1, a
+    code no supervisor is told to restart. A crash there is a Kafka client
+    giving up (a node down at start-up, say), which a restart mends like any
+    other exit 70: the restart resumes from the committed offsets.
+
+    Raises:
+        SystemExit: always; 70 where mode's was 1.
+    """
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        if exc.code != _FAUST_CRASHED:
+            raise
+        log.critical("the Faust worker crashed (the error is logged above): exiting %d, restart me", EXIT_RESTART)
+        raise SystemExit(EXIT_RESTART) from exc
+    raise SystemExit(0)  # pragma: no cover - execute_from_commandline always exits
 
 
 def _warn_if_readable_by_others(registrations: Sequence[Registration]) -> None:

@@ -28,7 +28,10 @@ Per batch (whatever is fetched, up to ``batch_max``):
 
 A crash anywhere replays the batch: routed items carry their input position
 and the deliverer drops those it already applied, and re-applying room
-changes gives the same rooms.
+changes gives the same rooms. A consumer librdkafka declared dead (a static
+member fenced, which a node kill can cause) is replaced in-process the same
+way: its partitions and uncommitted offsets are dropped, and a new consumer
+rejoins the group from the committed offsets (``streams.rejoin`` decides).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from streams.errors import KafkaRequestFailed
 from streams.interest import Interest
 from streams.matrix import AppserviceID
 from streams.records import encode_routed
+from streams.rejoin import GiveUp, after_consumer_died
 from streams.rooms import encode_room
 from streams.routing import InputRecord, route_batch
 from streams.settings import Settings
@@ -169,6 +173,43 @@ class Router:
     def _loop(self) -> None:
         s = self._settings
         producer = Producer(confluent_producer_config(s, **{"linger.ms": 1}))  # acks=all, idempotent
+        consumer = self._subscribe()
+        self.started.set()
+        deaths: tuple[float, ...] = ()  # of consumers librdkafka declared dead, for streams.rejoin
+        try:
+            while not self._stopping.is_set():
+                try:
+                    first = consumer.poll(POLL_S)
+                    if first is None:
+                        self._past_markers(consumer)
+                        self._commit(consumer)
+                        continue
+                    messages = [first, *consumer.consume(s.batch_max - 1, timeout=0)]
+                    self._process(messages, consumer, producer)
+                except ConsumerDied as exc:
+                    decision = after_consumer_died(deaths, time.monotonic())
+                    if isinstance(decision, GiveUp):
+                        raise KafkaRequestFailed(
+                            f"{exc}; {decision.deaths} times within {decision.window_s:.0f} s, more than a"
+                            f" coordinator's failover explains: does another worker have"
+                            f" APPSERVICE_STREAMS_INSTANCE_ID={s.instance_id}?"
+                        ) from exc
+                    deaths = decision.deaths
+                    log.warning(
+                        "%s: rejoining the group with a new consumer, from the committed offsets"
+                        " (what is routed again is dropped by input position)",
+                        exc,
+                    )
+                    self._discard(consumer)
+                    consumer = self._subscribe()
+        finally:
+            self._commit(consumer, asynchronous=False)
+            consumer.close()
+            self.rooms.close()
+
+    def _subscribe(self) -> Consumer:
+        """A new input consumer, subscribed (it joins the group at its first poll)."""
+        s = self._settings
         consumer = Consumer(self._consumer_config())
 
         def on_assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -190,20 +231,21 @@ class Router:
 
         # The worker created the input and <app>.rooms topics before starting (agents.topics).
         consumer.subscribe([s.input_topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
-        self.started.set()
+        return consumer
+
+    def _discard(self, consumer: Consumer) -> None:
+        """Close a dead consumer; its partitions and offsets are no longer ours (they may be another's already).
+
+        Nothing of it is committed: what it routed since the last commit is
+        routed again by the partition's next owner, and dropped by input position.
+        """
+        self._forget([TopicPartition(self._settings.input_topic, p) for p in self.rooms.partitions])
+        self._uncommitted.clear()
+        self._routed_to.clear()
         try:
-            while not self._stopping.is_set():
-                first = consumer.poll(POLL_S)
-                if first is None:
-                    self._past_markers(consumer)
-                    self._commit(consumer)
-                    continue
-                messages = [first, *consumer.consume(s.batch_max - 1, timeout=0)]
-                self._process(messages, consumer, producer)
-        finally:
-            self._commit(consumer, asynchronous=False)
-            consumer.close()
-            self.rooms.close()
+            consumer.close()  # its callbacks find nothing left to commit
+        except (KafkaException, RuntimeError) as exc:
+            log.info("closing the dead input consumer: %s", exc)
 
     # ------------------------------------------------------------------ one batch
 
@@ -216,10 +258,10 @@ class Router:
             error = message.error()
             if error is not None:
                 # A fatal error comes as code _FATAL without the fatal flag; the consumer is
-                # then dead for good (a static member fenced after the broker was down longer
-                # than the session): exit 70 rather than run on without routing anything.
+                # then dead for good (a static member fenced: after a node kill, or the broker
+                # down longer than the session). Skipping it ran on without routing anything.
                 if error.fatal() or error.code() == KafkaError._FATAL:
-                    raise KafkaRequestFailed(f"input consumer: {error}")
+                    raise ConsumerDied(f"input consumer: {error}")
                 log.warning("input consumer: %s", error)
                 continue
             partition, offset = message.partition(), message.offset()
@@ -408,6 +450,10 @@ _PERMANENT = frozenset(
         KafkaError.INVALID_TIMESTAMP,
     }
 )
+
+
+class ConsumerDied(Exception):
+    """librdkafka declared the input consumer dead (a fatal error); it must be replaced."""
 
 
 class Refused(Exception):

@@ -111,6 +111,11 @@ def create_pipeline(
         topic_partitions=settings.partitions,
         # Resolved from the cluster by agents.topics before the pipeline is built.
         topic_replication_factor=settings.replication.factor or 1,
+        # agents.topics created every topic Faust reads or writes (its leader topic and the
+        # table changelog too) before the app starts. Faust's own declaration asks aiokafka's
+        # "controller" node first: a worker started while that node was down crashed with
+        # NodeNotReadyError in LeaderAssignor.on_start, and mode's Worker exited 1.
+        topic_allow_declare=False,
         broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset="earliest",
         **faust_options(settings),  # TLS/SASL credentials, acks=all

@@ -5,7 +5,10 @@ SIGKILLed while events flow, and started again ~5 s later. (b) The single
 broker is SIGKILLed, left down 20 s, and started again. In both the worker
 either survives or exits with 70 and is restarted, as a supervisor would; the
 appservice must receive every event once, in order per room, with txn ids
-increasing and no txn id ever carrying two bodies.
+increasing and no txn id ever carrying two bodies. (c) The router's static
+member is fenced mid-stream (what a node kill can do on the cluster, provoked
+here by a consumer joining under its instance id): the worker must rejoin
+in-process, without exiting, and lose or reorder nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from agents.local_cluster import LocalCluster
@@ -192,3 +196,64 @@ async def test_the_single_broker_down_20_s_mid_stream_loses_and_reorders_nothing
     print("\n".join(logged))
     # The Kafka clients' repeats (aiokafka, librdkafka) and the router's failed commits are collapsed.
     assert len(logged) <= OUTAGE_LOG_LINES, "\n".join(logged)
+
+
+FENCED = "fenced by other consumer with same group.instance.id"  # librdkafka's words
+
+
+def wait_for_line(worker: WorkerProcess, text: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in worker.log_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def fence(bootstrap: str, group: str, instance_id: str, topic: str) -> None:
+    """Join ``group`` as the static member ``instance_id`` (fencing its holder) until assigned, then close."""
+    intruder = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "group.instance.id": instance_id,
+            "enable.auto.commit": False,  # it must not move the group's offsets
+            "session.timeout.ms": 6000,
+        }
+    )
+    try:
+        intruder.subscribe([topic])
+        deadline = time.monotonic() + 30.0
+        while not intruder.assignment() and time.monotonic() < deadline:
+            intruder.poll(0.2)
+        assert intruder.assignment(), "the intruder was never assigned the router's partitions"
+    finally:
+        intruder.close()
+
+
+async def test_a_router_fenced_as_a_static_member_rejoins_without_exiting(
+    appservice_factory: Callable[[], RecordingAppservice],
+    registrations: Path,
+    kafka: LocalKafka,
+    worker: WorkerProcess,
+    producer: EventProducer,
+) -> None:
+    appservice = appservice_factory()
+    await appservice.start()
+    appservice.delay_s = 0.01
+    write_registration(registrations, "alpha", appservice.url)
+    worker.start()
+
+    fault_due = asyncio.Event()
+    producing = asyncio.create_task(produce_steadily(producer, fault_due))
+    await fault_due.wait()
+    instance = worker.env()["APPSERVICE_STREAMS_INSTANCE_ID"]
+    group = f"{worker.app_id}-router"
+    await asyncio.to_thread(fence, kafka.bootstrap, group, f"{instance}-router", worker.input_topic)
+    fenced_at = len(appservice.delivered_events())
+    await asyncio.to_thread(wait_for_line, worker, FENCED, 30.0)  # at the router's next heartbeat or commit
+    await producing
+    restarts = await supervise_until_delivered(worker, appservice)
+
+    assert fenced_at < TOTAL, "fenced too late to test anything"
+    assert_everything_once_in_order(appservice)
+    fenced = [line for line in worker.log_text().splitlines() if FENCED in line]
+    assert restarts == 0 and worker.process is not None and worker.process.poll() is None, fenced
+    assert any("rejoining the group with a new consumer" in line for line in fenced), fenced

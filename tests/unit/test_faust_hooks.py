@@ -31,7 +31,8 @@ bringing back what the hook corrects. The hooks:
   (the folder ``agents.local_state`` deletes after an unclean stop), and the
   offset is the one Faust's recovery reads back.
 * Names Faust derives and ``agents.topics`` creates first: the table's
-  changelog topic and the leader assignor's topic.
+  changelog topic and the leader assignor's topic; and Faust, told
+  ``topic_allow_declare=False``, declares none of them itself.
 * ``agents.ownership.Ownership`` reads ``app.rebalancing_count``: checked to
   move when Faust starts a rebalance.
 * ``PositionGuard``'s seek (``Consumer.seek``) must also move Faust's read
@@ -203,6 +204,30 @@ def test_faust_names_the_topics_agents_topics_creates_for_it(pipeline: Pipeline)
     s = pipeline.settings
     assert pipeline.appservices.changelog_topic.get_topic_name() == s.appservices_changelog_topic
     assert LeaderAssignor(pipeline.app)._leader_topic_name == f"{s.app_id}-__assignor-__leader"
+
+
+class RecordingProducer:
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    async def create_topic(self, topic: str, *args: Any, **kwargs: Any) -> None:
+        self.created.append(topic)
+
+
+async def test_faust_declares_none_of_the_topics_agents_topics_created(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A declaration asks aiokafka's "controller" node first: one started while that node was down
+    # crashed the worker at start-up (NodeNotReadyError in LeaderAssignor.on_start, exit 1).
+    producer = RecordingProducer()
+
+    async def maybe_start_producer() -> RecordingProducer:
+        return producer
+
+    monkeypatch.setattr(pipeline.app, "maybe_start_producer", maybe_start_producer)
+    await LeaderAssignor(pipeline.app)._enable_leader_topic()  # what LeaderAssignor.on_start does
+    await pipeline.appservices.changelog_topic.maybe_declare()  # what the table's start does
+    assert producer.created == [], "Faust creates topics itself again (topic_allow_declare)"
 
 
 def test_a_rebalance_breaks_ownership(pipeline: Pipeline) -> None:

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
-from agents.router import Router
+from agents.router import ConsumerDied, Router
 from streams.errors import KafkaRequestFailed
 from streams.interest import Interest
+from streams.rejoin import REJOIN_LIMIT
 from streams.settings import Settings
 
 
@@ -57,11 +58,73 @@ class FatalMessage:
         return KafkaError(KafkaError._FATAL, "Static consumer fenced by other consumer with same group.instance.id")
 
 
-def test_a_fatal_consumer_error_ends_the_router_instead_of_being_skipped(tmp_path: Path) -> None:
+def test_a_fatal_consumer_error_is_not_skipped(tmp_path: Path) -> None:
     r = router(tmp_path)
     message: Any = FatalMessage()
-    with pytest.raises(KafkaRequestFailed, match=r"input consumer: .*fenced"):
+    with pytest.raises(ConsumerDied, match=r"input consumer: .*fenced"):
         r._process([message], Consumer(assigned=[0]), None)  # type: ignore[arg-type]
+
+
+class GroupConsumer(Consumer):
+    """A subscribed consumer: each poll returns the next of ``polls`` (a fatal error, or None then stop)."""
+
+    def __init__(self, r: Router, polls: list[str], assigned: list[int]) -> None:
+        super().__init__(assigned)
+        self._router, self._polls = r, polls
+        self.closed = False
+
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+        pass
+
+    def poll(self, timeout: float) -> Any:
+        what = self._polls.pop(0) if self._polls else "stop"
+        if what == "fenced":
+            return FatalMessage()
+        self._router._stopping.set()  # "stop": the worker stops after this idle poll
+        return None
+
+    def consume(self, n: int, timeout: float) -> list[Any]:
+        return []
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def run_loop(r: Router, monkeypatch: pytest.MonkeyPatch, lives: list[list[str]]) -> list[GroupConsumer]:
+    """Run the router's loop with consumers whose polls are ``lives``, one list per consumer made."""
+    made: list[GroupConsumer] = []
+
+    def new_consumer(config: dict[str, Any]) -> GroupConsumer:
+        made.append(GroupConsumer(r, lives[len(made)], assigned=[0]))
+        return made[-1]
+
+    monkeypatch.setattr("agents.router.Consumer", new_consumer)
+    monkeypatch.setattr("agents.router.Producer", lambda config: None)
+    r._loop()
+    return made
+
+
+def test_a_fenced_consumer_is_replaced_and_what_it_routed_is_left_uncommitted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = router(tmp_path)
+    r._uncommitted[0] = r._routed_to[0] = 10  # routed by the consumer about to be fenced
+    first, second = run_loop(r, monkeypatch, [["fenced"], ["stop"]])
+    assert first.closed and first.commits == []
+    assert second.closed and second.commits == [], "the new member must not commit the dead one's offsets"
+    assert r._uncommitted == {} and r._routed_to == {}
+
+
+def test_a_consumer_fenced_again_and_again_ends_the_worker_naming_the_instance_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(server_name="example.org", registrations_dir=tmp_path, data_dir=tmp_path, instance_id="w1")
+    r = Router(settings, Interest([], settings.server_name), [], lambda *_: None)
+    with pytest.raises(KafkaRequestFailed, match=r"4 times within 300 s.*APPSERVICE_STREAMS_INSTANCE_ID=w1"):
+        run_loop(r, monkeypatch, [["fenced"] for _ in range(REJOIN_LIMIT + 1)])
 
 
 class Record:
