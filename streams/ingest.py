@@ -245,19 +245,44 @@ def firehose_registration(
 
 @dataclass(frozen=True)
 class Position:
-    """The last transaction the ingest produced: its id and the SHA-256 of its body."""
+    """The last transaction the ingest produced: its id, the SHA-256 of its body, and of its events' IDs.
+
+    ``events``: the SHA-256 of the event IDs of its ``events``, in order, one per line (None when a
+    previous release stored the position, or when the body has no readable event list). It lets a
+    homeserver's retry be told apart from new content: Synapse resends a transaction's events under
+    the same id, but not byte for byte (each event's ``unsigned.age`` is computed at every attempt, and
+    ephemeral data is not stored for a retry).
+    """
 
     txn_id: str
     digest: str
+    events: str | None = None
 
     @classmethod
     def of(cls, txn_id: str, raw_body: bytes) -> Position:
-        return cls(txn_id, hashlib.sha256(raw_body).hexdigest())
+        return cls(txn_id, hashlib.sha256(raw_body).hexdigest(), _events_digest(raw_body))
+
+
+def _events_digest(raw_body: bytes) -> str | None:
+    try:
+        events = orjson.loads(raw_body).get("events", [])
+        ids = [event["event_id"] for event in events]
+    except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
+        return None
+    if not all(isinstance(event_id, str) for event_id in ids):
+        return None
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
 def encode_position(position: Position) -> bytes:
-    """``{"v": 1, "txn_id": "…", "sha256": "<hex>"}``: the value stored under the ingest's id."""
-    return orjson.dumps({"v": POSITION_VERSION, "txn_id": position.txn_id, "sha256": position.digest})
+    """``{"v": 1, "txn_id": "…", "sha256": "<hex>", "events_sha256": "<hex>"}``: the value stored under the ingest's id.
+
+    ``events_sha256`` is left out when not known; a previous release reads the value and ignores it.
+    """
+    doc: dict[str, Any] = {"v": POSITION_VERSION, "txn_id": position.txn_id, "sha256": position.digest}
+    if position.events is not None:
+        doc["events_sha256"] = position.events
+    return orjson.dumps(doc)
 
 
 def decode_position(raw: bytes) -> Position:
@@ -268,10 +293,12 @@ def decode_position(raw: bytes) -> Position:
         raise BadRecord(f"position is not JSON: {exc}") from exc
     if not isinstance(doc, dict) or doc.get("v") != POSITION_VERSION:
         raise BadRecord("not a version-1 ingest position", field="v")
-    txn_id, digest = doc.get("txn_id"), doc.get("sha256")
+    txn_id, digest, events = doc.get("txn_id"), doc.get("sha256"), doc.get("events_sha256")
     if not isinstance(txn_id, str) or not isinstance(digest, str):
         raise BadRecord("missing or not a string", field="txn_id" if not isinstance(txn_id, str) else "sha256")
-    return Position(txn_id, digest)
+    if events is not None and not isinstance(events, str):
+        raise BadRecord("not a string", field="events_sha256")
+    return Position(txn_id, digest, events)
 
 
 @dataclass(frozen=True)
@@ -290,7 +317,9 @@ def decide(last: Position | None, incoming: Position) -> Retry | Produce:
     """Whether a transaction is a retry of the last one produced, or new."""
     if last is None:
         return Produce()
-    if incoming == last:
-        return Retry()
+    if incoming.txn_id == last.txn_id and (
+        incoming.digest == last.digest or (incoming.events is not None and incoming.events == last.events)
+    ):
+        return Retry()  # the same body, or the same events resent (the homeserver never saw our 200)
     went_back = incoming.txn_id.isdecimal() and last.txn_id.isdecimal() and int(incoming.txn_id) <= int(last.txn_id)
     return Produce(went_back=went_back)

@@ -231,8 +231,18 @@ def test_a_position_round_trips_and_has_a_documented_layout() -> None:
     position = Position.of("42", b'{"events": []}')
     assert position.digest == hashlib.sha256(b'{"events": []}').hexdigest()
     raw = encode_position(position)
-    assert orjson.loads(raw) == {"v": 1, "txn_id": "42", "sha256": position.digest}
+    assert orjson.loads(raw) == {
+        "v": 1,
+        "txn_id": "42",
+        "sha256": position.digest,
+        "events_sha256": hashlib.sha256(b"").hexdigest(),
+    }
     assert decode_position(raw) == position
+
+
+def test_a_position_stored_by_the_previous_release_has_no_events_digest() -> None:
+    raw = b'{"v": 1, "txn_id": "42", "sha256": "ab"}'
+    assert decode_position(raw) == Position("42", "ab", None)
 
 
 @pytest.mark.parametrize(
@@ -264,6 +274,31 @@ def test_a_lower_id_is_produced_and_flagged_never_dropped() -> None:
 
 def test_the_same_id_with_another_body_is_new_content_and_flagged() -> None:
     assert decide(Position.of("7", b"a"), Position.of("7", b"b")) == Produce(went_back=True)
+
+
+def _txn(*event_ids: str, age: int = 0, typing: bool = False) -> bytes:
+    events = [{"event_id": e, "type": "m.room.message", "unsigned": {"age": age}} for e in event_ids]
+    ephemeral = [{"type": "m.typing", "room_id": "!r"}] if typing else []
+    return orjson.dumps({"events": events, "ephemeral": ephemeral})
+
+
+def test_synapses_resend_of_the_same_events_is_a_retry_though_not_byte_for_byte() -> None:
+    # Synapse recomputes each event's unsigned.age at every attempt and does not store ephemeral data
+    # for a retry: the same txn id with the same events, in another body, is the same transaction.
+    last = Position.of("7", _txn("$a", "$b", age=10, typing=True))
+    assert decide(last, Position.of("7", _txn("$a", "$b", age=2510))) == Retry()
+
+
+def test_the_same_id_with_other_events_is_new_content_and_flagged() -> None:
+    last = Position.of("7", _txn("$a", "$b"))
+    assert decide(last, Position.of("7", _txn("$a", "$c"))) == Produce(went_back=True)
+
+
+def test_a_position_of_the_previous_release_still_tells_a_byte_identical_retry() -> None:
+    body = _txn("$a")
+    last = Position("7", Position.of("7", body).digest, None)
+    assert decide(last, Position.of("7", body)) == Retry()
+    assert decide(last, Position.of("7", _txn("$a", age=5))) == Produce(went_back=True)
 
 
 def test_ids_compare_as_numbers_not_strings_and_other_ids_are_not_flagged() -> None:
