@@ -10,7 +10,14 @@ bringing back what the hook corrects. The hooks:
   records a stream let go of before their effects were durable; only
   ``processed`` may ack. Checked: a record Faust skipped is never committed
   past, through Faust's own stream iteration (its Cython iterator, installed
-  here, and the pure-Python one).
+  here, and the pure-Python one). It also turns off Faust's gaps
+  (``Consumer._add_gap``): Faust's fetch loop takes a read offset moved back
+  under it (recovery's seek to the committed offset while it still hands over
+  records fetched before) for offsets missing from the log and counts them as
+  acked. Checked through that loop: nothing in such a "gap" is committed
+  unprocessed, and processed records are committed at once (the "gap" doubled
+  them in ``Consumer._acked``, and Faust's commit then moved one offset per
+  commit interval).
 * ``agents.batching.take_available`` drives a stream through
   ``Stream._enable_passive``, ``Stream._processors``, ``current_event`` and
   ``enable_acks = False``. The last one matters more than it looks: Faust's
@@ -138,6 +145,59 @@ async def test_a_record_faust_skipped_is_never_committed_past(pipeline: Pipeline
     assert consumer._new_offset(tp) == 1, "processed records count; the commit stops before the skipped one"
     pipeline.acks.processed([events[1]])  # the position guard's re-read
     assert consumer._new_offset(tp) == 3
+
+
+class Fetcher:
+    """What Faust's fetch loop (``Consumer._drain_messages``) asks of the fetcher that runs it."""
+
+    def __init__(self) -> None:
+        self._stopped = asyncio.Event()
+
+
+async def drain(pipeline: Pipeline, fetched: list[list[int]], seek_back_to: int) -> list[Event]:
+    """Run Faust's fetch loop over the fetches ``fetched`` (offsets of inbox partition 0); after the first,
+    Faust's read offset is moved back to ``seek_back_to`` as recovery's ``perform_seek`` does (it seeks to
+    the committed offset) while the loop goes on with the records it fetched before. The events handed on."""
+    app, consumer = pipeline.app, pipeline.app.consumer
+    app.topics._acking_topics.add(pipeline.settings.inbox_topic)
+    tp = TP(pipeline.settings.inbox_topic, 0)
+    fetcher = Fetcher()
+    handed: list[Event] = []
+
+    async def getmany(**kwargs: Any) -> Any:  # timeout=: no wait here
+        for n, offsets in enumerate(fetched):
+            if n == 1:
+                consumer._read_offset[tp] = seek_back_to
+            for offset in offsets:
+                yield tp, inbox_event(pipeline, offset, app.consumer_generation_id).message
+        fetcher._stopped.set()
+
+    async def callback(message: Any) -> None:
+        handed.append(Event(app, message.key, message.value, {}, message))
+
+    consumer.getmany = getmany  # type: ignore[method-assign]
+    consumer.callback = callback
+    await asyncio.wait_for(consumer._drain_messages(fetcher), timeout=10)
+    return handed
+
+
+async def test_a_read_offset_moved_back_is_no_gap_to_commit(tmp_path: Path) -> None:
+    pipeline = create_pipeline(settings(tmp_path), ())  # in this test's loop: Faust's fetch loop waits on its events
+    try:
+        consumer = pipeline.app.consumer
+        tp = TP(pipeline.settings.inbox_topic, 0)
+        consumer._committed_offset[tp] = 1
+        # Records 1..41 handed on; recovery seeks back to the committed 1; the loop hands on 42..56, fetched
+        # before the seek (41 offsets past the read offset: a "gap" to Faust), then drops the re-read 1..41.
+        fetched = [list(range(1, 42)), list(range(42, 57)), list(range(1, 42))]
+        handed = await drain(pipeline, fetched, seek_back_to=1)
+        assert [event.message.offset for event in handed] == list(range(1, 57))
+        pipeline.acks.processed([handed[0], handed[2]])
+        assert consumer._new_offset(tp) == 2, "offset 2 was never processed: the commit stops before it"
+        pipeline.acks.processed(handed)
+        assert consumer._new_offset(tp) == 57, "every processed record is committable at once, not one per commit"
+    finally:
+        pipeline.changelog.close()
 
 
 async def test_a_batch_is_what_was_queued_and_stays_unacked_until_processed(
