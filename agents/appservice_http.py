@@ -1,9 +1,10 @@
 """The HTTP adapter: PUT transactions to appservices, turn everything into an Outcome.
 
-This is the only module that imports aiohttp's client. One pooled session per
-appservice, so a slow appservice's sockets never starve another's. Tokens go
-into headers (and, if the operator opts in, the legacy query parameter) and
-never into a log line.
+This is the only module that imports aiohttp's client, for pings; transaction
+PUTs go through ``agents.http1`` (aiohttp's session cost ~200 µs of CPU per PUT:
+docs/decisions/http-client.md). Connections are kept per appservice, so a slow
+appservice's sockets never starve another's. Tokens go into headers (and, if
+the operator opts in, the legacy query parameter) and never into a log line.
 """
 
 from __future__ import annotations
