@@ -1,9 +1,10 @@
 """The HTTP adapter: PUT transactions to appservices, turn everything into an Outcome.
 
-This is the only module that imports aiohttp's client. One pooled session per
-appservice, so a slow appservice's sockets never starve another's. Tokens go
-into headers (and, if the operator opts in, the legacy query parameter) and
-never into a log line.
+This is the only module that imports aiohttp's client, for pings; transaction
+PUTs go through ``agents.http1`` (aiohttp's session cost ~200 µs of CPU per PUT:
+docs/decisions/http-client.md). Connections are kept per appservice, so a slow
+appservice's sockets never starve another's. Tokens go into headers (and, if
+the operator opts in, the legacy query parameter) and never into a log line.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import yarl
 
+from agents import http1
 from streams.errors import ConfigError
 from streams.matrix import PING_PATH, TRANSACTIONS_PATH, TxnID
 from streams.outcome import ConnectFailed, Delivered, HttpError, Outcome, TimedOut, retry_after_ms
@@ -27,7 +30,7 @@ log = logging.getLogger(__name__)
 # An appservice answers a transaction with `{}` and an error with a small JSON
 # object: more than this is not read (a 200 MB answer had taken a worker to
 # 905 MB and slowed every other appservice), and the attempt fails.
-MAX_RESPONSE_BYTES = 1024 * 1024
+MAX_RESPONSE_BYTES = http1.MAX_BODY
 _READ_CHUNK = 64 * 1024
 
 
@@ -100,7 +103,9 @@ class AppserviceClient:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=response_timeout_s)
         self._response_timeout_s = response_timeout_s
         self._legacy = legacy_authorization
+        self._connect_timeout_s = connect_timeout_s
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._origins: dict[str, tuple[http1.Origin, str, str]] = {}
 
     def _session(self, registration: Registration) -> aiohttp.ClientSession:
         session = self._sessions.get(registration.id)
@@ -112,37 +117,59 @@ class AppserviceClient:
             self._sessions[registration.id] = session
         return session
 
+    def _origin(self, registration: Registration) -> tuple[http1.Origin, str, str]:
+        """The appservice's connections and request head, and the request target before and after the txn id."""
+        found = self._origins.get(registration.id)
+        if found is None:
+            assert registration.url is not None, "url: null appservices are never routed to"
+            origin = http1.Origin(registration.url, _headers(registration), self._tls)
+            query = ""
+            if self._legacy:
+                # Encoded as aiohttp encoded ``params``.
+                query = "?" + yarl.URL("/").with_query({"access_token": registration.hs_token}).raw_query_string
+            prefix = origin.base_path + TRANSACTIONS_PATH.format(txn_id="")
+            found = self._origins[registration.id] = (origin, prefix, query)
+        return found
+
     async def put_transaction(self, registration: Registration, txn_id: TxnID, body: bytes) -> Outcome:
-        """PUT one transaction; never raises for anything the network or the appservice does."""
-        assert registration.url is not None, "url: null appservices are never routed to"
-        url = registration.url.rstrip("/") + TRANSACTIONS_PATH.format(txn_id=txn_id)
-        params = {"access_token": registration.hs_token} if self._legacy else None
+        """PUT one transaction; never raises for anything the network or the appservice does.
+
+        Through ``agents.http1`` rather than aiohttp (docs/decisions/http-client.md).
+        """
+        origin, prefix, query = self._origin(registration)
         try:
             # A redirect is a failed attempt, never followed: only a 2xx from the
             # transaction endpoint itself means the appservice has the txn
             # (a 302 to a page answering 200 had been counted as delivered).
-            async with self._session(registration).put(
-                url, data=body, headers=_headers(registration), params=params, allow_redirects=False
-            ) as response:
-                try:
-                    payload = await _read_bounded(response, self._response_timeout_s)
-                except _ResponseTooLarge:
-                    return HttpError(response.status, f"response over {MAX_RESPONSE_BYTES} bytes")
-                if 200 <= response.status < 300:
-                    try:
-                        orjson.loads(payload)
-                    except orjson.JSONDecodeError:
-                        return HttpError(response.status, "not JSON")
-                    return Delivered(response.status)
-                try:
-                    doc = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    doc = None
-                errcode = doc.get("errcode") if isinstance(doc, dict) else None
-                wait = retry_after_ms(response.headers.get("Retry-After"), doc, now_ms=time.time_ns() // 1_000_000)
-                return HttpError(response.status, errcode if isinstance(errcode, str) else None, wait)
-        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
-            return _failure(exc)
+            response = await origin.request(
+                "PUT",
+                f"{prefix}{txn_id}{query}",
+                body,
+                connect_timeout_s=self._connect_timeout_s,
+                response_timeout_s=self._response_timeout_s,
+            )
+        except http1.ResponseTooLarge as exc:
+            return HttpError(exc.status, f"response over {MAX_RESPONSE_BYTES} bytes")
+        except http1.ConnectTimeout:
+            return TimedOut("connect")
+        except TimeoutError:
+            return TimedOut("response")
+        except (OSError, asyncio.IncompleteReadError, http1.BadResponse) as exc:
+            return ConnectFailed(type(exc).__name__)
+        payload = response.body
+        if 200 <= response.status < 300:
+            try:
+                orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                return HttpError(response.status, "not JSON")
+            return Delivered(response.status)
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            doc = None
+        errcode = doc.get("errcode") if isinstance(doc, dict) else None
+        wait = retry_after_ms(response.headers.get("retry-after"), doc, now_ms=time.time_ns() // 1_000_000)
+        return HttpError(response.status, errcode if isinstance(errcode, str) else None, wait)
 
     async def ping(self, registration: Registration, transaction_id: str | None) -> Outcome:
         """POST the appservice's ping endpoint; never raises for what the network or appservice does."""
@@ -164,6 +191,9 @@ class AppserviceClient:
             return _failure(exc)
 
     async def stop(self) -> None:
+        origins, self._origins = list(self._origins.values()), {}
+        for origin, _, _ in origins:
+            origin.close()
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             await session.close()

@@ -198,3 +198,94 @@ async def test_an_appservice_with_a_self_signed_certificate_is_refused_unless_it
         assert outcome == Delivered(200)
     else:
         assert isinstance(outcome, ConnectFailed), outcome
+
+
+# What agents.http1 reads the way aiohttp read it, from a raw loopback server.
+
+
+async def serve_raw(answers: list[bytes | None]) -> tuple[asyncio.Server, str, list[bytes]]:
+    """Answer each request with the next of ``answers``; None: close the connection instead, unanswered."""
+    requests: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while answers:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                requests.append(head + await reader.readexactly(length))
+                answer = answers.pop(0)
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/base/", requests
+
+
+async def put_all(url: str, count: int, *, legacy: bool = False) -> list[object]:
+    client = AppserviceClient(connect_timeout_s=5, response_timeout_s=5, legacy_authorization=legacy)
+    try:
+        outcomes = []
+        for n in range(count):
+            outcomes.append(await client.put_transaction(registration(url), TxnID(n + 1), b"{}"))
+            await asyncio.sleep(0.05)  # lets a server's close reach the idle connection
+        return outcomes
+    finally:
+        await client.stop()
+
+
+async def test_chunked_gzip_informational_and_read_to_close_answers_are_read_whole() -> None:
+    import gzip
+
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n1;x=y\r\n}\r\n0\r\nT: 1\r\n\r\n"
+    zipped = gzip.compress(b'{"errcode": "M_LIMIT_EXCEEDED", "retry_after_ms": 3000}')
+    gzipped = b"HTTP/1.1 429 X\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(zipped), zipped)
+    informational = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"
+    to_close = b"HTTP/1.0 200 OK\r\n\r\n{}"
+    server, url, requests = await serve_raw([chunked, gzipped, informational, to_close])
+    try:
+        outcomes = await put_all(url, 4)
+    finally:
+        server.close()
+    assert outcomes[0] == Delivered(200)
+    assert isinstance(outcomes[1], HttpError) and outcomes[1].errcode == "M_LIMIT_EXCEEDED"
+    assert outcomes[1].retry_after_ms == 3000
+    assert outcomes[2] == HttpError(204, "not JSON")  # as before: a 2xx needs a JSON body
+    assert outcomes[3] == Delivered(200)
+    assert requests[0].startswith(b"PUT /base/_matrix/app/v1/transactions/1 HTTP/1.1\r\n")
+    assert b"\r\nAuthorization: Bearer h\r\n" in requests[0]
+
+
+async def test_a_keep_alive_connection_the_appservice_closed_is_replaced_and_the_legacy_token_is_a_query() -> None:
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+    # 1 answered; 2 on the kept connection, which is closed unanswered (as an idle timeout racing the
+    # request): sent again once on a new connection, as aiohttp did for a PUT; 3 on that connection.
+    server, url, requests = await serve_raw([ok, None, ok, ok])
+    try:
+        outcomes = await put_all(url, 3, legacy=True)
+    finally:
+        server.close()
+    assert outcomes == [Delivered(200)] * 3
+    assert [r.split(b" ")[1] for r in requests] == [
+        b"/base/_matrix/app/v1/transactions/%d?access_token=h" % n for n in (1, 2, 2, 3)
+    ]
+
+
+async def test_garbage_instead_of_http_and_a_close_before_the_answer_are_failed_attempts() -> None:
+    server, url, _ = await serve_raw([b"SSH-2.0-OpenSSH\r\n\r\n"])
+    try:
+        outcomes = await put_all(url, 1)
+    finally:
+        server.close()
+    assert outcomes == [ConnectFailed("BadResponse")]
+    server, url, _ = await serve_raw([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}"])
+    try:
+        outcomes = await put_all(url, 1)
+    finally:
+        server.close()
+    assert outcomes == [ConnectFailed("IncompleteReadError")]
