@@ -15,11 +15,12 @@ password stops at start-up with one line and exit code 2.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -110,30 +111,27 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalKaf
     shutil.rmtree(broker.node_home, ignore_errors=True)
 
 
-async def test_a_worker_delivers_through_a_broker_that_requires_sasl_over_tls_with_client_certificates(
-    secured: tuple[LocalKafka, str, KafkaSecurity], tmp_path: Path, registrations: Path, run_id: str
-) -> None:
-    broker, address, security = secured
+@contextlib.asynccontextmanager
+async def delivering_worker(
+    broker: LocalKafka,
+    address: str,
+    security: KafkaSecurity,
+    env: dict[str, str],
+    name: str,
+    tmp_path: Path,
+    registrations: Path,
+) -> AsyncIterator[WorkerProcess]:
+    """A worker of ``address`` (configured by ``env``) that delivered 20 events in order, its password never logged."""
     appservice = RecordingAppservice()
     await appservice.start()
     write_registration(registrations, "alpha", appservice.url)
-    assert security.ssl_ca_location and security.ssl_certificate_location and security.ssl_key_location
     worker = WorkerProcess(
         registrations=registrations,
-        app_id=f"secured-{run_id}",
-        input_topic=f"matrix.events.secured-{run_id}",
+        app_id=name,
+        input_topic=f"matrix.events.{name}",
         data_dir=tmp_path / "data",
         log_path=tmp_path / "worker.log",
-        extra_env={
-            "KAFKA_BOOTSTRAP_SERVERS": address,
-            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-            "KAFKA_SSL_CA_LOCATION": str(security.ssl_ca_location),
-            "KAFKA_SSL_CERTIFICATE_LOCATION": str(security.ssl_certificate_location),
-            "KAFKA_SSL_KEY_LOCATION": str(security.ssl_key_location),
-            "KAFKA_SASL_MECHANISM": "PLAIN",
-            "KAFKA_SASL_USERNAME": "worker",
-            "KAFKA_SASL_PASSWORD": PASSWORD,
-        },
+        extra_env={"KAFKA_BOOTSTRAP_SERVERS": address, **env},
     )
     try:
         worker.start()
@@ -143,15 +141,33 @@ async def test_a_worker_delivers_through_a_broker_that_requires_sasl_over_tls_wi
         await asyncio.to_thread(producer.flush, 30)
         events = await appservice.wait_for_events(20, timeout_s=30)
         assert numbers(events) == list(range(20))
-        assert PASSWORD not in worker.log_text()
-        # And the broker does refuse what lacks any part of it.
-        for lacking in (KafkaSecurity(), replace(security, ssl_certificate_location=None, ssl_key_location=None)):
-            with pytest.raises(KafkaException):
-                AdminClient(client_config(address, lacking, log_level=0)).list_topics(timeout=3)
+        assert security.sasl_password and security.sasl_password not in worker.log_text()
+        yield worker
     finally:
         worker.stop()
         await appservice.stop()
         delete_prefixed(broker.bootstrap, (worker.app_id, worker.input_topic))
+
+
+async def test_a_worker_delivers_through_a_broker_that_requires_sasl_over_tls_with_client_certificates(
+    secured: tuple[LocalKafka, str, KafkaSecurity], tmp_path: Path, registrations: Path, run_id: str
+) -> None:
+    broker, address, security = secured
+    assert security.ssl_ca_location and security.ssl_certificate_location and security.ssl_key_location
+    env = {
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SSL_CA_LOCATION": str(security.ssl_ca_location),
+        "KAFKA_SSL_CERTIFICATE_LOCATION": str(security.ssl_certificate_location),
+        "KAFKA_SSL_KEY_LOCATION": str(security.ssl_key_location),
+        "KAFKA_SASL_MECHANISM": "PLAIN",
+        "KAFKA_SASL_USERNAME": "worker",
+        "KAFKA_SASL_PASSWORD": PASSWORD,
+    }
+    async with delivering_worker(broker, address, security, env, f"secured-{run_id}", tmp_path, registrations):
+        # And the broker does refuse what lacks any part of it.
+        for lacking in (KafkaSecurity(), replace(security, ssl_certificate_location=None, ssl_key_location=None)):
+            with pytest.raises(KafkaException):
+                AdminClient(client_config(address, lacking, log_level=0)).list_topics(timeout=3)
 
 
 def _security_env(security: KafkaSecurity) -> dict[str, str]:
@@ -215,26 +231,8 @@ async def test_a_worker_delivers_through_a_broker_that_takes_only_scram_sha_512(
     scram: tuple[LocalKafka, str, KafkaSecurity], tmp_path: Path, registrations: Path, run_id: str
 ) -> None:
     broker, address, security = scram
-    appservice = RecordingAppservice()
-    await appservice.start()
-    write_registration(registrations, "alpha", appservice.url)
-    worker = WorkerProcess(
-        registrations=registrations,
-        app_id=f"scram-{run_id}",
-        input_topic=f"matrix.events.scram-{run_id}",
-        data_dir=tmp_path / "data",
-        log_path=tmp_path / "worker.log",
-        extra_env={"KAFKA_BOOTSTRAP_SERVERS": address, **_security_env(security)},
-    )
-    try:
-        worker.start()
-        producer = EventProducer(address, worker.input_topic, security)
-        for n in range(20):
-            producer.send_event(message(n, sender="@alpha_a:example.org"))
-        await asyncio.to_thread(producer.flush, 30)
-        events = await appservice.wait_for_events(20, timeout_s=30)
-        assert numbers(events) == list(range(20))
-        assert security.sasl_password and security.sasl_password not in worker.log_text()
+    env = _security_env(security)
+    async with delivering_worker(broker, address, security, env, f"scram-{run_id}", tmp_path, registrations) as worker:
         # Every client authenticated: the router's group and Faust's (aiokafka) committed on the SCRAM listener.
         admin = AdminClient(client_config(address, security, log_level=0))
         groups = {g.group_id for g in admin.list_consumer_groups().result(10).valid}
@@ -246,10 +244,6 @@ async def test_a_worker_delivers_through_a_broker_that_takes_only_scram_sha_512(
         ):
             with pytest.raises(KafkaException):
                 AdminClient(client_config(address, refused, log_level=0)).list_topics(timeout=3)
-    finally:
-        worker.stop()
-        await appservice.stop()
-        delete_prefixed(broker.bootstrap, (worker.app_id, worker.input_topic))
 
 
 def test_a_wrong_scram_password_stops_the_worker_at_start_up_with_one_line_and_exit_2(
