@@ -234,12 +234,15 @@ class _Bodies:
         if len(body) <= INLINE_BODY_MAX:
             self._inline[txn_id] = body  # written with the state, the step's commit point
         else:
-            # Keys the durable state does not reference yet: written before the
-            # state. The head last, so a head is only ever found with its parts.
-            head, *parts = encode_txn_parts(StoredTxn(txn_id, body))
-            for number, part in enumerate(parts, start=1):
-                self._store.put(txn_key(self._id, txn_id, number), part)
-            self._store.put(txn_key(self._id, txn_id), head)
+            self._put_apart(txn_id, body)
+
+    def _put_apart(self, txn_id: TxnID, body: bytes) -> None:
+        """Store ``body`` under its own key(s): keys the durable state does not reference yet, written before
+        the state. The head last, so a head is only ever found with its parts."""
+        head, *parts = encode_txn_parts(StoredTxn(txn_id, body))
+        for number, part in enumerate(parts, start=1):
+            self._store.put(txn_key(self._id, txn_id, number), part)
+        self._store.put(txn_key(self._id, txn_id), head)
 
     def slice_since(self, source: TxnID) -> int:
         """The arrival time of a slice of refused txn ``source``: the refused txn's own (its earliest item's).
@@ -253,12 +256,8 @@ class _Bodies:
         """Store ``txn_id``'s body under its own key if it is inline: a refused txn's body outlives its time in
         flight (its slices are formed from it). The key is one the durable state does not reference yet."""
         body = self._inline.pop(txn_id, None)
-        if body is None:
-            return
-        head, *parts = encode_txn_parts(StoredTxn(txn_id, body))
-        for number, part in enumerate(parts, start=1):
-            self._store.put(txn_key(self._id, txn_id, number), part)
-        self._store.put(txn_key(self._id, txn_id), head)
+        if body is not None:
+            self._put_apart(txn_id, body)
 
     def body(self, txn_id: TxnID) -> bytes:
         """Raises: InvariantBroken if the state says the txn is stored and it is not."""
