@@ -25,6 +25,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Topic
 
 from agents.kafka_config import confluent_config
 from agents.metrics import Metrics
+from agents.thread_names import name_this_thread
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class LagProbe:
             self._thread.join(timeout_s)
 
     def _run(self) -> None:
+        name_this_thread("lag-probe")
         while True:
             self._wake.wait()
             self._wake.clear()

@@ -172,7 +172,9 @@ class Metrics:
         owned = set(partitions)
         self.assigned[topic] = len(owned)
         kept = {key: lag for key, lag in self.lag.get(group, {}).items() if key[0] != topic or key[1] in owned}
-        self.set_lag(group, kept, self.committed.get(group))
+        # Not set_lag: an assignment is no lag report, and must not wake a probe reading.
+        self.committed[group] = {key: offset for key, offset in self.committed.get(group, {}).items() if key in kept}
+        self.lag[group] = kept
         self.oldest.forget(group, topic, owned)
 
     def router_stats(self, group: str, topic: str, raw: str | bytes, partitions: Iterable[int]) -> None:

@@ -130,7 +130,7 @@ class Backlog:
         self._now_ms = now_ms
         self._cursors = list(cursor.kinds)
         for kind, c in enumerate(cursor.kinds):
-            if c.head_ms is None and c.head_chunk < c.tail_chunk:  # a cursor of the previous release
+            if c.head_ms is None and c.live:  # a cursor of the previous release
                 self._cursors[kind] = KindCursor(c.head_chunk, c.head_pos, c.tail_chunk, now_ms)
         self._pending: list[list[bytes]] = [[] for _ in KINDS]
         # Per kind, the runs appended this step: (index in pending of the first, earliest arrival among them).
@@ -155,7 +155,7 @@ class Backlog:
         taken: list[bytes] = []
         oldest: int | None = None
         cursor = self._cursors[kind]
-        while len(taken) < count and cursor.head_chunk < cursor.tail_chunk:
+        while len(taken) < count and cursor.live:
             head = self._load_head(kind, cursor)
             cursor = self._cursors[kind]  # loading a chunk learns its time
             assert cursor.head_ms is not None  # known for every live head chunk once loaded
@@ -170,7 +170,7 @@ class Backlog:
             else:
                 cursor = KindCursor(cursor.head_chunk, new_pos, cursor.tail_chunk, cursor.head_ms)
             self._cursors[kind] = cursor
-        if cursor.head_ms is None and cursor.head_chunk < cursor.tail_chunk:
+        if cursor.head_ms is None and cursor.live:
             # A new head chunk not read in full: its time from its first bytes, for the state.
             self._cursors[kind] = replace(cursor, head_ms=self._arrived_ms(kind, cursor.head_chunk))
         if len(taken) < count:
@@ -205,7 +205,7 @@ class Backlog:
                 cursor = self._cursors[kind]
                 chunk = encode_chunk(pending[start:end], arrived_ms)
                 self._store.put(chunk_key(self._id, kind, cursor.tail_chunk), chunk)
-                head_ms = cursor.head_ms if cursor.head_chunk < cursor.tail_chunk else arrived_ms
+                head_ms = cursor.head_ms if cursor.live else arrived_ms
                 self._cursors[kind] = KindCursor(cursor.head_chunk, cursor.head_pos, cursor.tail_chunk + 1, head_ms)
                 start = end
             self._pending[kind] = []

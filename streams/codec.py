@@ -88,7 +88,7 @@ class StoredAppservice:
         oldest = self.inflight_since_ms if self.machine.inflight is not None else None
         for kind in self.cursor.kinds:
             head_ms = kind.head_ms
-            if head_ms is not None and kind.head_chunk < kind.tail_chunk and (oldest is None or head_ms < oldest):
+            if head_ms is not None and kind.live and (oldest is None or head_ms < oldest):
                 oldest = head_ms
         return oldest
 

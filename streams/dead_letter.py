@@ -45,11 +45,15 @@ def dead_letter(
     topic: str, partition: int, offset: int, value: bytes | None, reason: Reason, detail: str
 ) -> DeadLetter:
     """The record to write for ``value``, read at ``topic[partition]@offset``: why, where, and how big."""
+    return _letter(f"{topic}[{partition}]@{offset}", value, reason, detail)
+
+
+def _letter(source: str, value: bytes | None, reason: Reason, detail: str) -> DeadLetter:
     size = 0 if value is None else len(value)
     headers: list[tuple[str, str | bytes | None]] = [
         ("reason", reason.value.encode()),
         ("detail", detail.encode()),
-        ("source", f"{topic}[{partition}]@{offset}".encode()),
+        ("source", source.encode()),
         ("size", str(size).encode()),
     ]
     if value is not None and size > MAX_VALUE_BYTES:
@@ -60,8 +64,4 @@ def dead_letter(
 
 def refused_transaction(appservice_id: str, txn_id: int, body: bytes, detail: str) -> DeadLetter:
     """The record to write for a transaction of one item an appservice refused as too large."""
-    letter = dead_letter("", 0, 0, body, Reason.REFUSED_BY_APPSERVICE, detail)
-    headers = [
-        (k, f"appservice {appservice_id} txn {txn_id}".encode() if k == "source" else v) for k, v in letter.headers
-    ]
-    return DeadLetter(letter.value, headers)
+    return _letter(f"appservice {appservice_id} txn {txn_id}", body, Reason.REFUSED_BY_APPSERVICE, detail)

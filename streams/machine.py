@@ -421,10 +421,16 @@ def _succeeded(
     state: AppserviceState, event: TxnSucceeded, now_ms: int, config: MachineConfig, out: Commands
 ) -> AppserviceState:
     if state.phase.is_down:
-        since = state.down_since_ms if state.down_since_ms is not None else now_ms
-        out.append(CameUp(event.txn_id, max(0, now_ms - since)))
-    state = replace(state, phase=Phase.SENDING, attempt=0, retry_at_ms=None, down_since_ms=None)
+        state = _came_up(state, event.txn_id, now_ms, out)
+    state = replace(state, phase=Phase.SENDING, attempt=0, retry_at_ms=None)
     return _next(state, now_ms, config, out)
+
+
+def _came_up(state: AppserviceState, txn_id: TxnID, now_ms: int, out: Commands) -> AppserviceState:
+    """Tell that the appservice answered ``txn_id`` after being DOWN, and for how long; it is no longer down."""
+    since = state.down_since_ms if state.down_since_ms is not None else now_ms
+    out.append(CameUp(txn_id, max(0, now_ms - since)))
+    return replace(state, down_since_ms=None)
 
 
 def _next(state: AppserviceState, now_ms: int, config: MachineConfig, out: Commands) -> AppserviceState:
@@ -452,9 +458,7 @@ def _next(state: AppserviceState, now_ms: int, config: MachineConfig, out: Comma
     if was_down and state.inflight is not None:
         return replace(state, phase=Phase.RETRYING)  # still down: nothing was accepted
     if was_down:
-        since = state.down_since_ms if state.down_since_ms is not None else now_ms
-        out.append(CameUp(done.txn_id, max(0, now_ms - since)))
-        state = replace(state, down_since_ms=None)
+        state = _came_up(state, done.txn_id, now_ms, out)
     return state
 
 
@@ -492,9 +496,8 @@ def _too_large(
     assert refused is not None
     if state.phase.is_down:
         # It answered: it is up, and refuses this txn for its size alone.
-        since = state.down_since_ms if state.down_since_ms is not None else now_ms
-        out.append(CameUp(refused.txn_id, max(0, now_ms - since)))
-        state = replace(state, phase=Phase.SENDING, attempt=0, retry_at_ms=None, down_since_ms=None)
+        state = _came_up(state, refused.txn_id, now_ms, out)
+        state = replace(state, phase=Phase.SENDING, attempt=0, retry_at_ms=None)
     split = state.split or Split(refused.txn_id, refused.counts, NO_ITEMS, refused.counts)
     if units(refused.counts) <= 1:
         detail = f"txn {refused.txn_id} of one item refused as too large: {event.reason}"
