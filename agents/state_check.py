@@ -28,10 +28,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from confluent_kafka import KafkaException, TopicCollection
-from confluent_kafka.admin import AdminClient
 
-from agents.kafka_config import confluent_config
-from streams.errors import BrokerLostData, ConfigError, KafkaUnavailable
+from agents.kafka_admin import admin_client, failure
+from streams.errors import BrokerLostData, ConfigError
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,15 +53,17 @@ def topic_ids(settings: Settings, names: list[str], timeout_s: float = 30.0) -> 
 
     Raises:
         KafkaUnavailable: the broker cannot be asked (naming the topic and servers).
+        ConfigError: the broker refused our credentials or TLS handshake (``agents.kafka_admin.failure``).
     """
-    admin = AdminClient(confluent_config(settings))
+    bootstrap = settings.bootstrap_servers
+    admin = admin_client(bootstrap, settings.kafka_security)
     ids: dict[str, str] = {}
     for name, future in admin.describe_topics(TopicCollection(names)).items():
         try:
             ids[name] = str(future.result(timeout_s).topic_id)
         except KafkaException as exc:
             if "UNKNOWN_TOPIC" not in str(exc):
-                raise KafkaUnavailable(f"cannot describe topic {name} on {settings.bootstrap_servers}: {exc}") from exc
+                raise failure(admin, bootstrap, exc, f"describe topic {name} on {bootstrap}") from exc
     return ids
 
 

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from aiokafka.partitioner import murmur2
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     AlterConfigOpType,
@@ -34,7 +34,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from agents.kafka_config import client_config
+from agents.kafka_admin import admin_client, cluster_metadata
 from streams.errors import ConfigError, KafkaUnavailable
 from streams.kafka_settings import PLAINTEXT, KafkaSecurity, Replication, TopicReplication, replication_for
 from streams.settings import Settings
@@ -43,56 +43,6 @@ log = logging.getLogger(__name__)
 
 
 ONE_REPLICA = TopicReplication(1, 1)
-
-
-# The broker answered, and we could not agree: its SASL check, or the TLS handshake (a broker
-# certificate our CA did not sign, say). A client certificate the broker refuses looks like
-# any closed connection to librdkafka (_TRANSPORT), so it stays "cannot reach".
-_REFUSED = {KafkaError._AUTHENTICATION, KafkaError._SSL}
-
-
-class _Admin(AdminClient):
-    """An admin client that keeps the broker's refusals (wrong credentials, a failed TLS handshake)."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.refusals: list[KafkaError] = []
-        with_callback: dict[str, Any] = {**config, "error_cb": self._on_error}
-        super().__init__(with_callback)
-
-    def _on_error(self, error: KafkaError) -> None:  # from poll(): never raises
-        if error.code() in _REFUSED:
-            self.refusals.append(error)
-
-
-def _admin(bootstrap_servers: str, security: KafkaSecurity) -> _Admin:
-    """Raises: ConfigError: librdkafka refuses the configuration (a TLS key it cannot read, say)."""
-    try:
-        return _Admin(client_config(bootstrap_servers, security))
-    except KafkaException as exc:
-        raise ConfigError(f"cannot configure a Kafka client for {bootstrap_servers}: {exc}") from exc
-
-
-def _metadata(admin: _Admin, bootstrap_servers: str, timeout_s: float) -> Any:
-    """The cluster's metadata.
-
-    Raises:
-        ConfigError: the broker refused our credentials or TLS handshake (the
-            line says so and names the variables, rather than librdkafka's
-            "Broker transport failure"): a restart cannot mend it.
-        KafkaUnavailable: no answer from ``bootstrap_servers`` within ``timeout_s``.
-    """
-    try:
-        return admin.list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        admin.poll(0)  # serves error_cb
-        if admin.refusals:
-            error = admin.refusals[-1]
-            if error.code() == KafkaError._AUTHENTICATION:
-                what, names = "refused the worker", "KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
-            else:
-                what, names = "failed the TLS handshake", "KAFKA_SSL_CA_LOCATION and KAFKA_SECURITY_PROTOCOL"
-            raise ConfigError(f"Kafka at {bootstrap_servers} {what}: {error.str()} (check {names})") from exc
-        raise KafkaUnavailable(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
 
 
 def cluster_size(metadata: Any) -> int:
@@ -132,8 +82,8 @@ def ensure_topics(
         KafkaUnavailable: the broker cannot be reached, or does not list a
             topic within ``timeout_s``.
     """
-    admin = _admin(bootstrap_servers, security)
-    existing = _metadata(admin, bootstrap_servers, timeout_s).topics
+    admin = admin_client(bootstrap_servers, security)
+    existing = cluster_metadata(admin, bootstrap_servers, timeout_s).topics
     missing = [
         NewTopic(
             name,
@@ -268,7 +218,7 @@ def ensure_worker_topics(settings: Settings) -> Settings:
         KafkaUnavailable: as ``ensure_topics``.
     """
     s = settings
-    metadata = _metadata(_admin(s.bootstrap_servers, s.kafka_security), s.bootstrap_servers, 30.0)
+    metadata = cluster_metadata(admin_client(s.bootstrap_servers, s.kafka_security), s.bootstrap_servers, 30.0)
     brokers = cluster_size(metadata)
     replication = replication_for(s.replication, brokers)
     log.info(
@@ -313,8 +263,8 @@ def delete_prefixed(
     Raises:
         KafkaUnavailable: the broker cannot be reached to list the topics.
     """
-    admin = _admin(bootstrap_servers, security)
-    topics = [t for t in _metadata(admin, bootstrap_servers, timeout_s).topics if t.startswith(prefixes)]
+    admin = admin_client(bootstrap_servers, security)
+    topics = [t for t in cluster_metadata(admin, bootstrap_servers, timeout_s).topics if t.startswith(prefixes)]
     if topics:
         for future in admin.delete_topics(topics, operation_timeout=timeout_s).values():
             with contextlib.suppress(KafkaException):

@@ -6,7 +6,7 @@ import asyncio
 import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -93,6 +93,7 @@ async def test_a_redirected_ping_is_a_failed_ping(redirecting: tuple[Redirecting
 async def serve(handler: object) -> tuple[web.AppRunner, str]:
     app = web.Application()
     app.router.add_put("/_matrix/app/v1/transactions/{txn_id}", handler)  # type: ignore[arg-type]
+    app.router.add_post("/_matrix/app/v1/ping", handler)  # type: ignore[arg-type]
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -101,7 +102,15 @@ async def serve(handler: object) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
-async def test_a_response_body_dribbled_past_the_response_timeout_is_a_timed_out_attempt() -> None:
+# Transactions and pings share one HTTP client (agents.http1): both are checked where answers misbehave.
+Call = Callable[[AppserviceClient, str], Awaitable[object]]
+SEND_TXN: Call = lambda client, url: client.put_transaction(registration(url), TxnID(1), b'{"events": []}')  # noqa: E731
+PING: Call = lambda client, url: client.ping(registration(url), "t1")  # noqa: E731
+EITHER_REQUEST = pytest.mark.parametrize("call", [SEND_TXN, PING], ids=["transaction", "ping"])
+
+
+@EITHER_REQUEST
+async def test_a_response_body_dribbled_past_the_response_timeout_is_a_timed_out_attempt(call: Call) -> None:
     async def dribble(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         await response.prepare(request)
@@ -115,7 +124,7 @@ async def test_a_response_body_dribbled_past_the_response_timeout_is_a_timed_out
     client = AppserviceClient(connect_timeout_s=5, response_timeout_s=1.5)
     started = time.monotonic()
     try:
-        outcome = await client.put_transaction(registration(url), TxnID(1), b'{"events": []}')
+        outcome = await call(client, url)
     finally:
         await client.stop()
         await runner.cleanup()
@@ -123,7 +132,8 @@ async def test_a_response_body_dribbled_past_the_response_timeout_is_a_timed_out
     assert time.monotonic() - started < 4.0
 
 
-async def test_a_response_body_over_the_cap_is_not_read_whole_and_fails_the_attempt() -> None:
+@EITHER_REQUEST
+async def test_a_response_body_over_the_cap_is_not_read_whole_and_fails_the_attempt(call: Call) -> None:
     sent = 0
 
     async def flood(request: web.Request) -> web.StreamResponse:
@@ -143,7 +153,7 @@ async def test_a_response_body_over_the_cap_is_not_read_whole_and_fails_the_atte
     runner, url = await serve(flood)
     client = AppserviceClient(connect_timeout_s=5, response_timeout_s=10)
     try:
-        outcome = await client.put_transaction(registration(url), TxnID(1), b'{"events": []}')
+        outcome = await call(client, url)
     finally:
         await client.stop()
         await runner.cleanup()

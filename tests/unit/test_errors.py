@@ -13,13 +13,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
 import agents.ingest
 import agents.positions
 import agents.rooms_store
 import agents.state_check
-from agents import cli, topics
+from agents import cli, kafka_admin
 from agents.changelog_producer import ChangelogProducer
 from agents.ingest import IngestConfig, KafkaSink
 from agents.positions import GapDetected
@@ -81,7 +81,7 @@ def test_the_cli_maps_the_tree_to_exit_codes(exc: AppserviceStreamsError, code: 
 def test_an_unreachable_cluster_at_start_up_is_kafka_unavailable_naming_the_servers() -> None:
     admin = SimpleNamespace(list_topics=refused, poll=lambda timeout: 0, refusals=[])
     with pytest.raises(KafkaUnavailable, match="cannot reach Kafka at k1:9092") as caught:
-        topics._metadata(admin, "k1:9092", 1.0)
+        kafka_admin.cluster_metadata(admin, "k1:9092", 1.0)
     assert isinstance(caught.value.__cause__, KafkaException)
 
 
@@ -89,10 +89,22 @@ def test_a_topic_that_cannot_be_described_is_kafka_unavailable_naming_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     future = SimpleNamespace(result=refused)
-    admin = SimpleNamespace(describe_topics=lambda collection: {"app.inbox": future})
-    monkeypatch.setattr(agents.state_check, "AdminClient", lambda config: admin)
+    admin = SimpleNamespace(describe_topics=lambda collection: {"app.inbox": future}, poll=lambda t: 0, refusals=[])
+    monkeypatch.setattr(agents.state_check, "admin_client", lambda servers, security: admin)
     settings = Settings(server_name="hs", registrations_dir=tmp_path, bootstrap_servers="k1:9092")
     with pytest.raises(KafkaUnavailable, match=r"cannot describe topic app\.inbox on k1:9092"):
+        agents.state_check.topic_ids(settings, ["app.inbox"])
+
+
+def test_a_topic_description_the_broker_refuses_our_credentials_for_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    future = SimpleNamespace(result=refused)
+    refusal = KafkaError(KafkaError._AUTHENTICATION, "SASL authentication error")
+    admin = SimpleNamespace(describe_topics=lambda c: {"app.inbox": future}, poll=lambda t: 0, refusals=[refusal])
+    monkeypatch.setattr(agents.state_check, "admin_client", lambda servers, security: admin)
+    settings = Settings(server_name="hs", registrations_dir=tmp_path, bootstrap_servers="k1:9092")
+    with pytest.raises(ConfigError, match=r"Kafka at k1:9092 refused the worker.*KAFKA_SASL_PASSWORD"):
         agents.state_check.topic_ids(settings, ["app.inbox"])
 
 
