@@ -32,7 +32,9 @@ transaction with a fresh id, formed from its stored body: the first half of
 each kind's items, then the next, in order; a refused slice is halved again.
 A slice of one item still refused is dead-lettered (``DeadLetterTxn``, an
 effect like a send, so it is durable before the state moves past it; its
-``TxnDeadLettered`` outcome moves on) and delivery goes on. The refused
+``TxnDeadLettered`` outcome moves on) and delivery goes on, in slices of half
+the refused transaction again: the item was refused for itself, not for the
+size of the slices around it (which would otherwise go one item per txn). The refused
 transaction's body stays stored until its last slice is done. Other 4xx are
 retried like any failure: a wrong URL is mended by the operator, and
 dropping data would be worse.
@@ -444,6 +446,8 @@ def _next(state: AppserviceState, now_ms: int, config: MachineConfig, out: Comma
         split = replace(
             split,
             done=counts([d + n for d, n in zip(split.done, done.counts, strict=True)]),
+            # After a dead letter, back to the first halving: one refused item says nothing of the rest.
+            size=_halve(split.total) if split.dead_lettering else split.size,
             dead_lettering=False,
         )
         if not units(split.left):

@@ -202,6 +202,9 @@ async def test_413_splits_the_txn_in_halves_and_dead_letters_one_event_still_ref
     refused = [r for r in pair.bad.requests if too_large(r)]
     assert [len(r.events) for r in refused][:3] == [60, 30, 15], "each refusal halves the txn"
     assert len({r.txn_id for r in refused}) == len(refused), "a refused txn is never sent again"
+    alone = max(i for i, r in enumerate(pair.bad.requests) if numbers(r.events) == [poison])
+    after_the_letter = [len(r.events) for r in pair.bad.requests[alone + 1 :]]
+    assert len(after_the_letter) < 10, f"the 27 events after it go in halves again, not one per txn: {after_the_letter}"
 
     [letter] = dead_letters(kafka.bootstrap, f"{worker.app_id}.dead-letter", 1)
     assert headers(letter)["reason"] == b"refused_by_appservice"

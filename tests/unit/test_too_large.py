@@ -96,6 +96,24 @@ def test_a_refused_slice_is_halved_again_from_where_it_began() -> None:
     assert sizes == [(2, 0, 0, 0)] * 3
 
 
+def test_after_a_dead_letter_the_rest_goes_in_halves_again_not_one_item_per_txn() -> None:
+    state = sending(100, 0, 0, 0)
+    sent: list[tuple[str, int, int]] = []  # (answer, first item, items) per txn
+    while state.inflight is not None:
+        txn, split = state.inflight, state.split
+        first = split.done[0] if split is not None else 0
+        if split is not None and split.dead_lettering:
+            answer, state, _ = "dead-lettered", *run(state, TxnDeadLettered(txn.txn_id))
+        elif first <= 37 < first + txn.counts[0]:  # item 37 is refused in any txn that holds it
+            answer, state, _ = "413", *run(state, TxnTooLarge(txn.txn_id, "HTTP 413"))
+        else:
+            answer, state, _ = "200", *run(state, TxnSucceeded(txn.txn_id))
+        sent.append((answer, first, txn.counts[0]))
+    assert state.phase is Phase.IDLE and state.split is None
+    assert sent[sent.index(("dead-lettered", 37, 1)) + 1 :] == [("200", 38, 50), ("200", 88, 12)]
+    assert len(sent) == 15, "not 75: the 62 items after item 37 had gone one per txn"
+
+
 def test_the_device_summary_goes_whole_with_the_first_half() -> None:
     state = sending(3, 0, 0, 5)
     state, out = run(state, TxnTooLarge(state.inflight.txn_id, "HTTP 413"))  # type: ignore[union-attr]
