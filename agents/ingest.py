@@ -89,7 +89,7 @@ class IngestConfig:
 class Sink(Protocol):
     last: Position | None
 
-    def write(self, txn_id: str, raw_body: bytes, records: list[Record]) -> Retry | Produce: ...
+    def write(self, incoming: Position, records: list[Record]) -> Retry | Produce: ...
 
 
 class KafkaSink:
@@ -172,8 +172,8 @@ class KafkaSink:
         finally:
             consumer.close()
 
-    def write(self, txn_id: str, raw_body: bytes, records: list[Record]) -> Retry | Produce:
-        """Produce one homeserver transaction's records and its position in one Kafka transaction.
+    def write(self, incoming: Position, records: list[Record]) -> Retry | Produce:
+        """Produce one homeserver transaction's records and its position (``incoming``) in one Kafka transaction.
 
         Returns ``Retry`` (nothing produced) when it is the last transaction again.
 
@@ -182,7 +182,6 @@ class KafkaSink:
                 outcome is unknown, the next call reads it back first).
         """
         producer = self.start()
-        incoming = Position.of(txn_id, raw_body)
         decision = decide(self.last, incoming)
         if isinstance(decision, Retry):
             return decision
@@ -195,7 +194,7 @@ class KafkaSink:
             producer.commit_transaction(c.kafka_timeout_s)
         except (KafkaException, BufferError) as exc:
             self._drop(producer)
-            raise KafkaRequestFailed(f"transaction {txn_id} to {c.topic}: {exc}") from exc
+            raise KafkaRequestFailed(f"transaction {incoming.txn_id} to {c.topic}: {exc}") from exc
         self.last = incoming
         return decision
 
@@ -273,7 +272,8 @@ class Ingest:
         except web.HTTPRequestEntityTooLarge:
             return _error(413, "M_TOO_LARGE", f"Body over {self._config.max_body_bytes} bytes")
         try:
-            ingested = records_of(parse_body(raw), room_events=self._config.room_events)
+            body = parse_body(raw)
+            ingested = records_of(body, room_events=self._config.room_events)
         except NotJSON as exc:
             log.warning("transaction %s refused: %s", txn_id, exc)
             return _error(400, "M_NOT_JSON", str(exc))
@@ -284,7 +284,8 @@ class Ingest:
             log.warning("transaction %s: skipped %s", txn_id, reason)
         # The write is a task of its own, holding the lock until Kafka answered: a homeserver that
         # hangs up (or a shutdown) cancels this handler, never a Kafka transaction halfway.
-        task = asyncio.get_running_loop().create_task(self._write_in_order(txn_id, raw, ingested.records))
+        incoming = Position.of(txn_id, raw, body)
+        task = asyncio.get_running_loop().create_task(self._write_in_order(incoming, ingested.records))
         self._writes.add(task)
         task.add_done_callback(self._settled)
         try:
@@ -303,14 +304,14 @@ class Ingest:
         return web.Response(body=OK, content_type="application/json")
 
     async def _write_in_order(
-        self, txn_id: str, raw: bytes, records: list[Record]
+        self, incoming: Position, records: list[Record]
     ) -> tuple[Position | None, Retry | Produce]:
         async with self._lock:
             last = self._sink.last
             try:
-                return last, await asyncio.to_thread(self._sink.write, txn_id, raw, records)
+                return last, await asyncio.to_thread(self._sink.write, incoming, records)
             except KafkaRequestFailed as exc:
-                log.error("transaction %s not produced, answering 500 so it is retried: %s", txn_id, exc)
+                log.error("transaction %s not produced, answering 500 so it is retried: %s", incoming.txn_id, exc)
                 raise
 
     def _settled(self, task: asyncio.Task[Any]) -> None:

@@ -259,15 +259,21 @@ class Position:
     events: str | None = None
 
     @classmethod
-    def of(cls, txn_id: str, raw_body: bytes) -> Position:
-        return cls(txn_id, hashlib.sha256(raw_body).hexdigest(), _events_digest(raw_body))
+    def of(cls, txn_id: str, raw_body: bytes, body: Any = None) -> Position:
+        """``body``: ``raw_body`` already parsed (the ingest has it, from ``parse_body``); parsed here if None."""
+        if body is None:
+            try:
+                body = orjson.loads(raw_body)
+            except orjson.JSONDecodeError:
+                body = None
+        return cls(txn_id, hashlib.sha256(raw_body).hexdigest(), _events_digest(body))
 
 
-def _events_digest(raw_body: bytes) -> str | None:
+def _events_digest(body: Any) -> str | None:
     try:
-        events = orjson.loads(raw_body).get("events", [])
+        events = body.get("events", [])
         ids = [event["event_id"] for event in events]
-    except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
+    except (AttributeError, TypeError, KeyError):
         return None
     if not all(isinstance(event_id, str) for event_id in ids):
         return None

@@ -38,7 +38,7 @@ from streams.errors import (
     LocalStoreFailed,
     RegistrationError,
 )
-from streams.ingest import firehose_registration
+from streams.ingest import Position, firehose_registration
 from streams.registration import parse_registration
 from streams.settings import Settings
 
@@ -158,7 +158,7 @@ def test_an_ingest_transaction_kafka_refuses_is_kafka_request_failed_and_aborted
     sink = KafkaSink(ingest_config())
     producer = sink._producer = TransactionRefused()
     with pytest.raises(KafkaRequestFailed, match=r"transaction t1 to matrix\.events: .*fenced"):
-        sink.write("t1", b"{}", [(b"!r:hs", b"{}")])
+        sink.write(Position.of("t1", b"{}"), [(b"!r:hs", b"{}")])
     assert producer.aborted and sink._producer is None
 
 

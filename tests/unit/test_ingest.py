@@ -289,6 +289,12 @@ def test_synapses_resend_of_the_same_events_is_a_retry_though_not_byte_for_byte(
     assert decide(last, Position.of("7", _txn("$a", "$b", age=2510))) == Retry()
 
 
+def test_a_position_from_the_body_the_ingest_parsed_is_the_position_of_its_bytes() -> None:
+    raw = _txn("$a", "$b", age=10, typing=True)
+    assert Position.of("7", raw, orjson.loads(raw)) == Position.of("7", raw)
+    assert Position.of("7", raw).events is not None
+
+
 def test_the_same_id_with_other_events_is_new_content_and_flagged() -> None:
     last = Position.of("7", _txn("$a", "$b"))
     assert decide(last, Position.of("7", _txn("$a", "$c"))) == Produce(went_back=True)

@@ -32,7 +32,7 @@ class FakeSink:
         self._busy = threading.Lock()
         self.overlapped = False
 
-    def write(self, txn_id: str, raw: bytes, records: list[Record]) -> Retry | Produce:
+    def write(self, incoming: Position, records: list[Record]) -> Retry | Produce:
         if not self._busy.acquire(blocking=False):
             self.overlapped = True
             self._busy.acquire()
@@ -41,10 +41,9 @@ class FakeSink:
             if self.fail_next:
                 self.fail_next = False
                 raise KafkaRequestFailed("transaction to matrix.events: broker gone")
-            incoming = Position.of(txn_id, raw)
             decision = decide(self.last, incoming)
             if isinstance(decision, Produce):
-                self.written.append((txn_id, records))
+                self.written.append((incoming.txn_id, records))
                 self.last = incoming
             return decision
         finally:
