@@ -8,7 +8,9 @@ appservice must receive every event once, in order per room, with txn ids
 increasing and no txn id ever carrying two bodies. (c) The router's static
 member is fenced mid-stream (what a node kill can do on the cluster, provoked
 here by a consumer joining under its instance id): the worker must rejoin
-in-process, without exiting, and lose or reorder nothing.
+in-process, without exiting, and lose or reorder nothing. (d) The same for
+Faust's consumer: an aiokafka member speaking Faust's protocol replaces it for
+6 s; the worker's consumer rejoins.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
@@ -257,3 +261,65 @@ async def test_a_router_fenced_as_a_static_member_rejoins_without_exiting(
     fenced = [line for line in worker.log_text().splitlines() if FENCED in line]
     assert restarts == 0 and worker.process is not None and worker.process.poll() is None, fenced
     assert any("rejoining the group with a new consumer" in line for line in fenced), fenced
+
+
+HOLD_S = 6.0  # two of the worker consumer's heartbeats (3 s) and its commits
+
+
+class _FaustProtocol(RoundRobinPartitionAssignor):
+    name = "faust"  # the group's protocol: a member speaking any other is refused, not let in
+
+
+async def fence_faust(bootstrap: str, group: str, instance_id: str) -> None:
+    """Join Faust's group as the static member ``instance_id`` (fencing the worker's consumer), then stop.
+
+    It subscribes to the topics Faust's consumer does: the group's leader assigns them."""
+    topics = [f"{group}.inbox", f"{group}.delay", f"{group}-appservices-changelog", f"{group}-__assignor-__leader"]
+    intruder = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        group_instance_id=instance_id,
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        partition_assignment_strategy=(_FaustProtocol,),
+    )
+    await intruder.start()
+    try:
+        deadline = time.monotonic() + 30.0
+        while not intruder.assignment() and time.monotonic() < deadline:
+            await intruder.getmany(timeout_ms=200)
+        assert intruder.assignment(), "the intruder was never assigned anything"
+        await asyncio.sleep(HOLD_S)  # the worker's consumer heartbeats and commits meanwhile
+    finally:
+        await intruder.stop()
+
+
+async def test_a_faust_consumer_replaced_as_a_static_member_rejoins_and_loses_nothing(
+    appservice_factory: Callable[[], RecordingAppservice],
+    registrations: Path,
+    kafka: LocalKafka,
+    worker: WorkerProcess,
+    producer: EventProducer,
+) -> None:
+    # aiokafka's group requests carry no group.instance.id, so the broker answers the replaced member
+    # UNKNOWN_MEMBER_ID, not FENCED_INSTANCE_ID (82, which aiokafka 0.14 does not know): it rejoins.
+    appservice = appservice_factory()
+    await appservice.start()
+    appservice.delay_s = 0.01
+    write_registration(registrations, "alpha", appservice.url)
+    worker.start()
+
+    fault_due = asyncio.Event()
+    producing = asyncio.create_task(produce_steadily(producer, fault_due))
+    await fault_due.wait()
+    fenced_at = len(appservice.delivered_events())
+    await fence_faust(kafka.bootstrap, worker.app_id, worker.env()["APPSERVICE_STREAMS_INSTANCE_ID"])
+    await producing
+    restarts = await supervise_until_delivered(worker, appservice)
+
+    assert fenced_at < TOTAL, "fenced too late to test anything"
+    assert_everything_once_in_order(appservice)
+    replaced = [line for line in worker.log_text().splitlines() if "UnknownMemberIdError" in line]
+    assert replaced, "the worker's consumer was never replaced: the test tested nothing"
+    assert restarts == 0 and worker.process is not None and worker.process.poll() is None, replaced
