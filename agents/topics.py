@@ -34,7 +34,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from agents.kafka_admin import admin_client, cluster_metadata
+from agents.kafka_admin import Admin, admin_client, cluster_metadata
 from streams.errors import ConfigError, KafkaUnavailable
 from streams.kafka_settings import PLAINTEXT, KafkaSecurity, Replication, TopicReplication, replication_for
 from streams.settings import Settings
@@ -82,8 +82,19 @@ def ensure_topics(
         KafkaUnavailable: the broker cannot be reached, or does not list a
             topic within ``timeout_s``.
     """
-    admin = admin_client(bootstrap_servers, security)
-    existing = cluster_metadata(admin, bootstrap_servers, timeout_s).topics
+    return _ensure(admin_client(bootstrap_servers, security), bootstrap_servers, wanted, timeout_s, replication)
+
+
+def _ensure(
+    admin: Admin,
+    bootstrap_servers: str,
+    wanted: list[tuple[str, int, dict[str, str]]],
+    timeout_s: float,
+    replication: TopicReplication,
+    metadata: Any = None,
+) -> dict[str, int]:
+    """``ensure_topics`` with a client (and the cluster's ``metadata``, if just read) the caller has."""
+    existing = (metadata or cluster_metadata(admin, bootstrap_servers, timeout_s)).topics
     missing = [
         NewTopic(
             name,
@@ -218,7 +229,8 @@ def ensure_worker_topics(settings: Settings) -> Settings:
         KafkaUnavailable: as ``ensure_topics``.
     """
     s = settings
-    metadata = cluster_metadata(admin_client(s.bootstrap_servers, s.kafka_security), s.bootstrap_servers, 30.0)
+    admin = admin_client(s.bootstrap_servers, s.kafka_security)  # one client and one metadata read for all
+    metadata = cluster_metadata(admin, s.bootstrap_servers, 30.0)
     brokers = cluster_size(metadata)
     replication = replication_for(s.replication, brokers)
     log.info(
@@ -227,11 +239,13 @@ def ensure_worker_topics(settings: Settings) -> Settings:
         replication.factor,
         replication.min_insync_replicas,
     )
-    kafka: dict[str, Any] = {"security": s.kafka_security, "replication": replication}
     compact = {"cleanup.policy": "compact"}
     retention = {} if s.retention_ms is None else {"retention.ms": str(s.retention_ms)}
-    inputs = ensure_topic(s.bootstrap_servers, s.input_topic, s.input_partitions, **kafka)
-    counts = ensure_topics(
+    inputs = _ensure(
+        admin, s.bootstrap_servers, [(s.input_topic, s.input_partitions, {})], 30.0, replication, metadata
+    )[s.input_topic]
+    counts = _ensure(
+        admin,
         s.bootstrap_servers,
         [
             (s.inbox_topic, s.partitions, retention),
@@ -242,7 +256,8 @@ def ensure_worker_topics(settings: Settings) -> Settings:
             # Faust's leader election topic (faust.assignor.LeaderAssignor).
             (f"{s.app_id}-__assignor-__leader", 1, {}),
         ],
-        **kafka,
+        30.0,
+        replication,
     )
     if counts[s.rooms_topic] < inputs:
         raise ConfigError(
