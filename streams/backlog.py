@@ -215,11 +215,7 @@ class Backlog:
     def _load_head(self, kind: ItemKind, cursor: KindCursor) -> list[bytes]:
         head = self._head[kind]
         if head is None:
-            key = chunk_key(self._id, kind, cursor.head_chunk)
-            raw = self._store.get(key)
-            if raw is None:
-                raise InvariantBroken(f"backlog chunk {cursor.head_chunk} of {self._id} kind {kind.name} is missing")
-            chunk = decode_chunk(raw)
+            chunk = decode_chunk(self._read(kind, cursor.head_chunk))
             head = self._head[kind] = chunk.payloads
             if cursor.head_ms is None:
                 arrived = chunk.arrived_ms
@@ -228,11 +224,15 @@ class Backlog:
 
     def _arrived_ms(self, kind: ItemKind, chunk: int) -> int:
         """Raises: InvariantBroken if the chunk is missing."""
+        arrived = chunk_arrived_ms(self._read(kind, chunk))
+        return self._now_ms if arrived is None else arrived
+
+    def _read(self, kind: ItemKind, chunk: int) -> bytes:
+        """A stored chunk's bytes. Raises: InvariantBroken if it is missing (the cursor and the store disagree)."""
         raw = self._store.get(chunk_key(self._id, kind, chunk))
         if raw is None:
             raise InvariantBroken(f"backlog chunk {chunk} of {self._id} kind {kind.name} is missing")
-        arrived = chunk_arrived_ms(raw)
-        return self._now_ms if arrived is None else arrived
+        return raw
 
 
 def _overlapping(runs: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
