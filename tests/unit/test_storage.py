@@ -244,6 +244,17 @@ def test_taking_more_than_held_raises() -> None:
         Backlog("as", BacklogCursor(), DictStore(), NOW).take(ItemKind.EVENT, 1)
 
 
+@pytest.mark.parametrize("missing", [0, 1], ids=["the head chunk", "the next head, read for its time"])
+def test_a_chunk_the_cursor_names_but_the_store_lacks_is_our_bug_naming_it(missing: int) -> None:
+    store = DictStore()
+    backlog = Backlog("as", BacklogCursor(), store, NOW)
+    backlog.append(ItemKind.EVENT, [b"x" * (MAX_CHUNK_BYTES + 1), b"y"], NOW)  # chunks 0 and 1
+    cursor = backlog.flush()
+    del store.data[chunk_key("as", ItemKind.EVENT, missing)]
+    with pytest.raises(InvariantBroken, match=f"backlog chunk {missing} of as kind EVENT is missing"):
+        Backlog("as", cursor, store, NOW).take(ItemKind.EVENT, 1)  # takes chunk 0 whole, then dates chunk 1
+
+
 def test_body_has_events_and_both_to_device_names() -> None:
     body = orjson.loads(build_body([b'{"a":1}'], [], [b'{"t":1}']))
     assert body == {"events": [{"a": 1}], "to_device": [{"t": 1}], "de.sorunome.msc2409.to_device": [{"t": 1}]}
