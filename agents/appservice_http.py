@@ -4,8 +4,8 @@ Transaction PUTs and pings both go through ``agents.http1`` (aiohttp's client
 session cost ~200 µs of CPU per PUT: docs/decisions/http-client.md), so they
 share one pool, one bounded read and one mapping of failures to outcomes.
 Connections are kept per appservice, so a slow appservice's sockets never
-starve another's. Tokens go into headers (and, if
-the operator opts in, the legacy query parameter) and never into a log line.
+starve another's. Tokens go into headers (and, if the operator opts in, the
+legacy query parameter) and never into a log line.
 """
 
 from __future__ import annotations

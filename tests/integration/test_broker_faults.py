@@ -81,6 +81,25 @@ async def produce_steadily(producer: EventProducer, fault_due: asyncio.Event) ->
     await asyncio.to_thread(producer.flush, DEADLINE_S)
 
 
+async def delivering_until_the_fault(
+    appservice_factory: Callable[[], RecordingAppservice],
+    registrations: Path,
+    worker: WorkerProcess,
+    producer: EventProducer,
+) -> tuple[RecordingAppservice, asyncio.Task[None]]:
+    """``worker`` delivering to one appservice under ``produce_steadily``; returns once ``FAULT_AT`` events
+    were produced, with the appservice and the production still running."""
+    appservice = appservice_factory()
+    await appservice.start()
+    appservice.delay_s = 0.01
+    write_registration(registrations, "alpha", appservice.url)
+    worker.start()
+    fault_due = asyncio.Event()
+    producing = asyncio.create_task(produce_steadily(producer, fault_due))
+    await fault_due.wait()
+    return appservice, producing
+
+
 async def supervise_until_delivered(worker: WorkerProcess, appservice: RecordingAppservice) -> int:
     """Restart the worker whenever it exits with 70, until every event arrived; the number of restarts.
 
@@ -174,15 +193,7 @@ async def test_the_single_broker_down_20_s_mid_stream_loses_and_reorders_nothing
     worker: WorkerProcess,
     producer: EventProducer,
 ) -> None:
-    appservice = appservice_factory()
-    await appservice.start()
-    appservice.delay_s = 0.01
-    write_registration(registrations, "alpha", appservice.url)
-    worker.start()
-
-    fault_due = asyncio.Event()
-    producing = asyncio.create_task(produce_steadily(producer, fault_due))
-    await fault_due.wait()
+    appservice, producing = await delivering_until_the_fault(appservice_factory, registrations, worker, producer)
     pid = kafka.status().pid
     assert pid is not None, "the session's broker was not started by this checkout"
     logged_before = len(worker.log_text().splitlines())
@@ -239,15 +250,7 @@ async def test_a_router_fenced_as_a_static_member_rejoins_without_exiting(
     worker: WorkerProcess,
     producer: EventProducer,
 ) -> None:
-    appservice = appservice_factory()
-    await appservice.start()
-    appservice.delay_s = 0.01
-    write_registration(registrations, "alpha", appservice.url)
-    worker.start()
-
-    fault_due = asyncio.Event()
-    producing = asyncio.create_task(produce_steadily(producer, fault_due))
-    await fault_due.wait()
+    appservice, producing = await delivering_until_the_fault(appservice_factory, registrations, worker, producer)
     instance = worker.env()["APPSERVICE_STREAMS_INSTANCE_ID"]
     group = f"{worker.app_id}-router"
     await asyncio.to_thread(fence, kafka.bootstrap, group, f"{instance}-router", worker.input_topic)
@@ -304,15 +307,7 @@ async def test_a_faust_consumer_replaced_as_a_static_member_rejoins_and_loses_no
 ) -> None:
     # aiokafka's group requests carry no group.instance.id, so the broker answers the replaced member
     # UNKNOWN_MEMBER_ID, not FENCED_INSTANCE_ID (82, which aiokafka 0.14 does not know): it rejoins.
-    appservice = appservice_factory()
-    await appservice.start()
-    appservice.delay_s = 0.01
-    write_registration(registrations, "alpha", appservice.url)
-    worker.start()
-
-    fault_due = asyncio.Event()
-    producing = asyncio.create_task(produce_steadily(producer, fault_due))
-    await fault_due.wait()
+    appservice, producing = await delivering_until_the_fault(appservice_factory, registrations, worker, producer)
     fenced_at = len(appservice.delivered_events())
     await fence_faust(kafka.bootstrap, worker.app_id, worker.env()["APPSERVICE_STREAMS_INSTANCE_ID"])
     await producing
