@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,10 +19,30 @@ READY = "worker ready"
 RESTART_ME = 70  # agents.fatal.EXIT_CODE
 
 
+# Below the kernel's ephemeral range (32768-60999 here): a port the kernel hands out for binding to 0
+# can be taken by any outgoing connection's source port before the worker binds it (a worker exited 2,
+# "Address already in use", once in a full CI run); these are only ever taken by a bind.
+_PORTS = range(20_000, 32_768)
+_GIVEN: set[int] = set()  # never the same port twice in one test session (two calls before either binds)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, outside the ephemeral range.
+
+    Raises: OSError if 200 random tries found none.
+    """
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise OSError("no free loopback port in 20000-32767")
 
 
 def write_registration(directory: Path, appservice_id: str, url: str | None, **overrides: Any) -> Path:
