@@ -229,8 +229,9 @@ def ensure_worker_topics(settings: Settings) -> Settings:
         KafkaUnavailable: as ``ensure_topics``.
     """
     s = settings
+    timeout_s = 30.0
     admin = admin_client(s.bootstrap_servers, s.kafka_security)  # one client and one metadata read for all
-    metadata = cluster_metadata(admin, s.bootstrap_servers, 30.0)
+    metadata = cluster_metadata(admin, s.bootstrap_servers, timeout_s)
     brokers = cluster_size(metadata)
     replication = replication_for(s.replication, brokers)
     log.info(
@@ -242,7 +243,7 @@ def ensure_worker_topics(settings: Settings) -> Settings:
     compact = {"cleanup.policy": "compact"}
     retention = {} if s.retention_ms is None else {"retention.ms": str(s.retention_ms)}
     inputs = _ensure(
-        admin, s.bootstrap_servers, [(s.input_topic, s.input_partitions, {})], 30.0, replication, metadata
+        admin, s.bootstrap_servers, [(s.input_topic, s.input_partitions, {})], timeout_s, replication, metadata
     )[s.input_topic]
     counts = _ensure(
         admin,
@@ -256,7 +257,7 @@ def ensure_worker_topics(settings: Settings) -> Settings:
             # Faust's leader election topic (faust.assignor.LeaderAssignor).
             (f"{s.app_id}-__assignor-__leader", 1, {}),
         ],
-        30.0,
+        timeout_s,
         replication,
     )
     if counts[s.rooms_topic] < inputs:

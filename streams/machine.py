@@ -34,10 +34,10 @@ A slice of one item still refused is dead-lettered (``DeadLetterTxn``, an
 effect like a send, so it is durable before the state moves past it; its
 ``TxnDeadLettered`` outcome moves on) and delivery goes on, in slices of half
 the refused transaction again: the item was refused for itself, not for the
-size of the slices around it (which would otherwise go one item per txn). The refused
-transaction's body stays stored until its last slice is done. Other 4xx are
-retried like any failure: a wrong URL is mended by the operator, and
-dropping data would be worse.
+size of the slices around it (which would otherwise go one item per txn).
+The refused transaction's body stays stored until its last slice is done.
+Other 4xx are retried like any failure: a wrong URL is mended by the
+operator, and dropping data would be worse.
 """
 
 from __future__ import annotations
