@@ -57,13 +57,15 @@ log = logging.getLogger(__name__)
 #: in all), stopping every produce and fetch: the benchmark's drain showed a 1 s
 #: gap in most runs. Hence 1 GB, and tests and benchmarks delete their topics.
 #: The serial collector stays: on a clean broker G1 (Kafka's default) made the
-#: drain's txn cycle slower here (p50 3.9-4.3 ms against 2.8-3.4 ms).
+#: drain's txn cycle slower here (p50 3.9-4.3 ms against 2.8-3.4 ms). The JIT is
+#: the JVM's default (C1 then C2), as on a production broker: C1 alone
+#: (``-XX:TieredStopAtLevel=1``) cost ~30 % more broker CPU under load, CPU the
+#: worker shares on a small machine (docs/decisions/broker-jit.md).
 JVM_OPTS: tuple[str, ...] = (
     "-Xms256m",
     "-Xmx1g",
     "-XX:MaxDirectMemorySize=256m",
     "-XX:+UseSerialGC",
-    "-XX:TieredStopAtLevel=1",
     "-Xss512k",
     "-Djava.awt.headless=true",
 )
