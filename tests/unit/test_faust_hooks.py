@@ -48,7 +48,7 @@ bringing back what the hook corrects. The hooks:
   producer Faust builds (the router writes routed items to explicit partitions).
 
 The fetch wait (``agents.worker._bound_fetch_wait``, Faust hard-codes 1,500 ms),
-the seek made on Faust's consumer thread (``agents.worker._seek_on_consumer_thread``)
+Faust's consumer served on the worker's loop (``agents.consumer_loop``)
 and the lag metric's ``Consumer._committed_offset`` need a started consumer:
 ``tests/integration/test_faust_hooks.py``.
 """
