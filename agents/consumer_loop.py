@@ -41,6 +41,9 @@ class MainLoopConsumerThread(AIOKafkaConsumerThread):
         self._thread_running = asyncio.get_running_loop().create_future()
         self.add_future(self._keepalive2())
         self._serving = asyncio.ensure_future(self._serve())
+        # A crash reaches the worker through ``crash`` (Faust's thread has no one to raise it to
+        # either); taking it from the task spares asyncio's "exception was never retrieved".
+        self._serving.add_done_callback(lambda task: task.cancelled() or task.exception())
         try:
             await self._thread_running
         finally:
@@ -58,7 +61,7 @@ class MainLoopConsumer(Consumer):
 
 
 def consume_on_main_loop(app: Any) -> None:
-    """Have ``app`` (a ``faust.App``, not started) serve its aiokafka consumer on its own event loop.
+    """Have ``app`` (a ``faust.App``, not started) serve its aiokafka consumer on the app's event loop.
 
     No I/O. Call it before anything reads ``app.consumer``: a consumer built
     before keeps Faust's thread.
