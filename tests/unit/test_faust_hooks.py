@@ -316,3 +316,38 @@ async def test_a_seek_moves_fausts_read_offset_back(pipeline: Pipeline, monkeypa
     read = consumer._read_offset[tp]
     # Faust's fetch loop (Consumer._drain_messages) passes on a record only if offset >= the read offset.
     assert read is None or read <= 3, "a re-read record would be dropped as already read"
+
+
+async def test_fausts_consumer_served_on_the_loop_reports_a_failed_start_and_stops_at_once(tmp_path: Path) -> None:
+    # aiokafka cannot bootstrap from port 9: the start must raise, as from Faust's thread, and the stop must not
+    # wait out mode's 60 s shutdown timeout. Built inside the test: the app's loop must be the running one.
+    pipeline = create_pipeline(settings(tmp_path), ())
+    service = pipeline.app.consumer._thread
+    try:
+        with pytest.raises(Exception, match="Unable to bootstrap"):
+            await asyncio.wait_for(service.start(), timeout=30)
+        await asyncio.wait_for(service.stop(), timeout=10)
+        assert service._serving is not None and service._serving.done()
+    finally:
+        pipeline.changelog.close()
+
+
+async def test_a_failure_stopping_fausts_consumer_neither_hangs_its_stop_nor_goes_unlogged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Raised where mode's thread service stops aiokafka, before it sets the shutdown a stop waits for: Faust's
+    # thread set it as the thread died; served on the loop, the task's end must.
+    pipeline = create_pipeline(settings(tmp_path), ())
+    service = pipeline.app.consumer._thread
+
+    async def on_thread_stop() -> None:
+        raise RuntimeError("aiokafka would not stop")
+
+    monkeypatch.setattr(service, "on_thread_stop", on_thread_stop)
+    try:
+        with pytest.raises(Exception, match="Unable to bootstrap"):
+            await asyncio.wait_for(service.start(), timeout=30)
+        await asyncio.wait_for(service.stop(), timeout=10)
+        assert "aiokafka would not stop" in caplog.text
+    finally:
+        pipeline.changelog.close()
