@@ -26,6 +26,7 @@ import faust
 from agents import delayer, deliverer, observe, router
 from agents.appservice_http import AppserviceClient
 from agents.changelog_producer import CHANGELOG_PRODUCER, ChangelogProducer
+from agents.consumer_loop import consume_on_main_loop
 from agents.fatal import fatal
 from agents.http_api import HttpApi
 from agents.kafka_config import confluent_producer_config, faust_options, make_producer_idempotent
@@ -74,30 +75,6 @@ def _bound_fetch_wait(app: Any, wait_ms: int) -> None:
     thread._create_worker_consumer = create_worker_consumer
 
 
-def _seek_on_consumer_thread(app: Any) -> None:
-    """Make Faust's ``Consumer.seek`` (the position guard's re-read) seek aiokafka on Faust's consumer thread.
-
-    aiokafka runs on that thread's own event loop, but Faust's
-    ``ThreadDelegateConsumer._seek`` calls its ``seek`` from the caller's
-    thread: the seek deletes the partition's buffered records
-    (``Fetcher._records``) while ``Fetcher.fetched_records`` may be between
-    reading and deleting them on the consumer thread, a ``KeyError`` that
-    crashed a worker. Queued to that thread, as Faust's own
-    ``seek_to_committed`` is, the seek runs between two steps of aiokafka's
-    loop; ``Consumer.seek`` then sets Faust's read offset as before. Private
-    hooks: tests/integration/test_faust_hooks.py checks the effect.
-    """
-    thread = app.consumer._thread
-
-    async def seek_in_thread(partition: Any, offset: int) -> None:
-        thread.seek(partition, offset)  # aiokafka's seek, on the thread that fetches
-
-    async def seek(partition: Any, offset: int) -> None:
-        await thread.call_thread(seek_in_thread, partition, offset)
-
-    app.consumer._seek = seek
-
-
 def create_pipeline(
     settings: Settings, registrations: tuple[Registration, ...], http_listener: socket.socket | None = None
 ) -> Pipeline:
@@ -132,8 +109,9 @@ def create_pipeline(
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 5),
     )
-    # First: Faust builds its producer with its consumer (below), and the class is read then.
+    # First: Faust builds its producer with its consumer (below), and the classes are read then.
     make_producer_idempotent(app)
+    consume_on_main_loop(app)
     raw: dict[str, Any] = {
         "key_type": bytes,
         "value_type": bytes,
@@ -146,7 +124,6 @@ def create_pipeline(
     table: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "options": ROCKSDB_OPTIONS}
     appservices = app.Table("appservices", partitions=settings.partitions, **table)
     _bound_fetch_wait(app, settings.fetch_max_wait_ms)
-    _seek_on_consumer_thread(app)
     pipeline = Pipeline(
         settings=settings,
         app=app,

@@ -15,13 +15,17 @@ The others, and the full list of hooks and why each exists, are in
   group's lag: once the worker committed what it delivered, the inbox lag it
   exports must reach 0 (were the mapping no longer kept, the lag would stay at
   the partition's end offset, or be missing).
-* ``agents.worker._seek_on_consumer_thread``: ``Consumer.seek`` (the position
-  guard's re-read) must reach aiokafka on Faust's consumer thread, where
-  aiokafka's fetcher runs, not on the caller's: aiokafka's ``seek`` deletes the
-  partition's buffered records that ``Fetcher.fetched_records`` may be iterating
-  on that thread (a ``KeyError`` there crashed a worker). Checked: the seek runs
-  on that thread and the partition is read again from the offset sought; and
-  seeks made while Faust's consumer thread fetches never crash the fetch.
+* ``agents.consumer_loop.consume_on_main_loop``: Faust's aiokafka consumer
+  is served on the worker's event loop, with no thread of its own, and its
+  stop leaves the loop's other tasks alone (mode's thread service cancels
+  every task on its loop when it ends). Faust's ``Consumer.seek`` (the
+  position guard's re-read) then reaches aiokafka on the loop aiokafka
+  fetches on: aiokafka's ``seek`` deletes the partition's buffered records
+  that ``Fetcher.fetched_records`` may be iterating, a ``KeyError`` that
+  crashed a worker while aiokafka fetched on Faust's thread. Checked: the
+  seek runs on the thread that fetches and the partition is read again from
+  the offset sought; and seeks made while the consumer fetches never crash
+  the fetch.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from confluent_kafka import Producer
 from faust.types import TP
+from mode.threads import WorkerThread
 
 from agents.kafka_config import producer_config
 from agents.local_kafka import LocalKafka
@@ -65,7 +70,7 @@ async def test_the_consumer_faust_starts_fetches_with_our_wait(kafka: LocalKafka
     )
     settings = await asyncio.to_thread(ensure_worker_topics, settings)
     pipeline = create_pipeline(settings, ())
-    # What Faust's consumer thread does when it starts (ConsumerThread.on_start).
+    # What Faust's consumer service does when it starts (ConsumerThread.on_start).
     consumer = pipeline.app.consumer._thread._create_consumer(loop=asyncio.get_running_loop())
     await consumer.start()
     try:
@@ -116,11 +121,11 @@ async def test_the_faust_groups_lag_reaches_zero_once_committed(
 
 
 @asynccontextmanager
-async def consumer_thread_reading(
+async def faust_consumer_reading(
     kafka: LocalKafka, tmp_path: Path, run_id: str, records: int
 ) -> AsyncIterator[tuple[Any, list[TP]]]:
-    """Faust's consumer (its thread and aiokafka consumer started, as a worker's are) assigned every inbox
-    partition, each holding ``records`` records; the consumer and the partitions."""
+    """Faust's consumer (its consumer service and aiokafka consumer started, as a worker's are) assigned
+    every inbox partition, each holding ``records`` records; the consumer and the partitions."""
     settings = Settings(
         server_name="hs",
         registrations_dir=tmp_path,
@@ -142,7 +147,7 @@ async def consumer_thread_reading(
     assert await asyncio.to_thread(producer.flush, 30) == 0
     pipeline = create_pipeline(settings, ())
     consumer = pipeline.app.consumer
-    await consumer._thread.start()  # what starting Faust's consumer does: the thread, aiokafka's consumer in it
+    await consumer._thread.start()  # what starting Faust's consumer does: its service, aiokafka's consumer in it
 
     tps = [TP(settings.inbox_topic, partition) for partition in range(settings.partitions)]
 
@@ -159,7 +164,7 @@ async def consumer_thread_reading(
 
 
 async def fetch(consumer: Any, tp: TP) -> list[int]:
-    """The offsets of ``tp`` in Faust's next fetch that returns any (as Faust's fetch loop asks its thread)."""
+    """The offsets of ``tp`` in Faust's next fetch that returns any (as Faust's fetch loop asks its service)."""
     for _ in range(100):
         records = await consumer._thread.getmany({tp}, timeout=0.1)
         if records.get(tp):
@@ -167,33 +172,55 @@ async def fetch(consumer: Any, tp: TP) -> list[int]:
     raise AssertionError(f"nothing fetched from {tp} in 10 s")
 
 
-async def test_a_seek_reaches_aiokafka_on_fausts_consumer_thread(
+async def test_fausts_consumer_runs_on_the_workers_loop_and_its_stop_spares_the_loops_tasks(
     kafka: LocalKafka, tmp_path: Path, run_id: str
 ) -> None:
-    async with consumer_thread_reading(kafka, tmp_path, run_id, records=20) as (consumer, tps):
+    bystander = asyncio.create_task(asyncio.sleep(3600))  # one of the worker's own tasks
+    try:
+        async with faust_consumer_reading(kafka, tmp_path, run_id, records=1) as (consumer, tps):
+            aiokafka_consumer = consumer._thread._ensure_consumer()
+            assert aiokafka_consumer._loop is asyncio.get_running_loop(), "aiokafka runs on a loop of its own"
+            assert not [t for t in threading.enumerate() if isinstance(t, WorkerThread)], "Faust started its thread"
+            assert (await fetch(consumer, tps[0])) == [0]
+        assert not bystander.done(), "stopping Faust's consumer cancelled a task of the worker's loop"
+    finally:
+        bystander.cancel()
+
+
+async def test_a_seek_reaches_aiokafka_on_the_thread_that_fetches(
+    kafka: LocalKafka, tmp_path: Path, run_id: str
+) -> None:
+    async with faust_consumer_reading(kafka, tmp_path, run_id, records=20) as (consumer, tps):
         tp = tps[0]
-        assert (await fetch(consumer, tp))[0] == 0
         fetcher = consumer._thread._ensure_consumer()._fetcher
-        seek_to, seeking_threads = fetcher.seek_to, []
+        fetched_records, seek_to = fetcher.fetched_records, fetcher.seek_to
+        fetching_threads: set[threading.Thread] = set()
+        seeking_threads: list[threading.Thread] = []
+
+        async def fetched_records_seen(*args: Any, **kwargs: Any) -> Any:  # aiokafka's fetch, noting its thread
+            fetching_threads.add(threading.current_thread())
+            return await fetched_records(*args, **kwargs)
 
         def seek_to_seen(partition: Any, offset: int) -> None:  # aiokafka's own seek, noting the thread it runs on
             seeking_threads.append(threading.current_thread())
             seek_to(partition, offset)
 
-        fetcher.seek_to = seek_to_seen
+        fetcher.fetched_records, fetcher.seek_to = fetched_records_seen, seek_to_seen
+        assert (await fetch(consumer, tp))[0] == 0
         await consumer.seek(tp, 7)  # what the position guard calls
-        assert seeking_threads == [consumer._thread._thread], "aiokafka sought from another thread than its fetch's"
+        assert len(fetching_threads) == 1
+        assert seeking_threads == list(fetching_threads), "aiokafka sought from another thread than its fetch's"
         assert consumer._read_offset[tp] == 7, "Faust's fetch loop would drop the re-read as already read"
         assert (await fetch(consumer, tp))[0] == 7
 
 
-SEEKS = 200  # without the hook the fetch crashed within 21-33 seeks (4 runs of 4)
+SEEKS = 200  # with aiokafka on Faust's thread the fetch crashed within 21-33 seeks (4 runs of 4)
 
 
-async def test_seeks_while_fausts_consumer_thread_fetches_never_crash_the_fetch(
+async def test_seeks_while_fausts_consumer_fetches_never_crash_the_fetch(
     kafka: LocalKafka, tmp_path: Path, run_id: str
 ) -> None:
-    async with consumer_thread_reading(kafka, tmp_path, run_id, records=5_000) as (consumer, tps):
+    async with faust_consumer_reading(kafka, tmp_path, run_id, records=5_000) as (consumer, tps):
         for tp in tps:
             await fetch(consumer, tp)  # every partition has a position: seeks now land in the middle of fetches
         fetched = 0
@@ -206,7 +233,7 @@ async def test_seeks_while_fausts_consumer_thread_fetches_never_crash_the_fetch(
                 fetched += sum(len(batch) for batch in records.values())
 
         switch = sys.getswitchinterval()
-        sys.setswitchinterval(1e-5)  # the threads take turns often: a race shows within a few seeks, not runs
+        sys.setswitchinterval(1e-5)  # were aiokafka on a thread of its own, a race would show within a few seeks
         fetches = asyncio.create_task(fetching())
         try:
             for n in range(SEEKS):

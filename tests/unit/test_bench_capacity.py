@@ -55,7 +55,7 @@ def test_cpu_per_item_in_microseconds_and_none_for_nothing() -> None:
         (101, "router", "router thread"),
         (102, "rdk:broker1", "librdkafka threads"),
         (103, "changelog-poll", "other Python threads"),
-        (104, "python", "other Python threads"),  # Faust's consumer thread
+        (104, "python", "other Python threads"),  # a thread left unnamed, such as asyncio.to_thread's
     ],
 )
 def test_worker_threads_fall_into_their_group(tid: int, name: str, group: str) -> None:

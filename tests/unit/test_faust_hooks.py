@@ -48,7 +48,7 @@ bringing back what the hook corrects. The hooks:
   producer Faust builds (the router writes routed items to explicit partitions).
 
 The fetch wait (``agents.worker._bound_fetch_wait``, Faust hard-codes 1,500 ms),
-the seek made on Faust's consumer thread (``agents.worker._seek_on_consumer_thread``)
+Faust's consumer served on the worker's loop (``agents.consumer_loop``)
 and the lag metric's ``Consumer._committed_offset`` need a started consumer:
 ``tests/integration/test_faust_hooks.py``.
 """
@@ -56,7 +56,7 @@ and the lag metric's ``Consumer._committed_offset`` need a started consumer:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -316,3 +316,37 @@ async def test_a_seek_moves_fausts_read_offset_back(pipeline: Pipeline, monkeypa
     read = consumer._read_offset[tp]
     # Faust's fetch loop (Consumer._drain_messages) passes on a record only if offset >= the read offset.
     assert read is None or read <= 3, "a re-read record would be dropped as already read"
+
+
+@pytest.fixture
+async def consumer_service(tmp_path: Path) -> AsyncIterator[Any]:
+    """Faust's consumer service of a pipeline built on the running loop (the app's loop must be the
+    running one, which the ``pipeline`` fixture's is not); aiokafka cannot bootstrap from port 9."""
+    built = create_pipeline(settings(tmp_path), ())
+    yield built.app.consumer._thread
+    built.changelog.close()
+
+
+async def test_fausts_consumer_served_on_the_loop_reports_a_failed_start_and_stops_at_once(
+    consumer_service: Any,
+) -> None:
+    # The start must raise, as from Faust's thread, and the stop must not wait out mode's 60 s shutdown timeout.
+    with pytest.raises(Exception, match="Unable to bootstrap"):
+        await asyncio.wait_for(consumer_service.start(), timeout=30)
+    await asyncio.wait_for(consumer_service.stop(), timeout=10)
+    assert consumer_service._serving is not None and consumer_service._serving.done()
+
+
+async def test_a_failure_stopping_fausts_consumer_neither_hangs_its_stop_nor_goes_unlogged(
+    consumer_service: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Raised where mode's thread service stops aiokafka, before it sets the shutdown a stop waits for: Faust's
+    # thread set it as the thread died; served on the loop, the task's end must.
+    async def on_thread_stop() -> None:
+        raise RuntimeError("aiokafka would not stop")
+
+    monkeypatch.setattr(consumer_service, "on_thread_stop", on_thread_stop)
+    with pytest.raises(Exception, match="Unable to bootstrap"):
+        await asyncio.wait_for(consumer_service.start(), timeout=30)
+    await asyncio.wait_for(consumer_service.stop(), timeout=10)
+    assert "aiokafka would not stop" in caplog.text
