@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Coroutine
 from typing import Any
@@ -48,6 +49,7 @@ from streams.scheduler import (
     StepOutcomes,
 )
 from streams.settlement import MAX_WAIT_MS
+from streams.stalls import StallWatch
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ class Deliverer:
         self._ownership = Ownership(self._app)
         self._stepper = Stepper(pipeline, self._store)
         self._scheduler: Scheduler[Work] = Scheduler(self._stepper.inbox_partition)
+        self._stalls = StallWatch()
         self._settling: set[asyncio.Task[None]] = set()  # what a revocation waits for
         self._completed: dict[int, asyncio.Future[None]] = {}  # batch step → acked
         self.senders = Senders(pipeline, self._settle, pipeline.metrics)
@@ -102,6 +105,8 @@ class Deliverer:
 
     async def _assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         self._ownership.assigned()
+        inbox = self._settings.inbox_topic
+        self._stalls.owned([tp.partition for tp in assigned if tp.topic == inbox], time.monotonic())
 
     async def _revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
         if AwaitSettling() in self._scheduler.revoking() and self._settling:
@@ -134,6 +139,9 @@ class Deliverer:
         by_partition: dict[int, list[Any]] = defaultdict(list)
         for event in batch:
             by_partition[event.message.partition].append(event)
+        arrived = time.monotonic()
+        for partition in by_partition:
+            self._stalls.arrived(partition, arrived)
         work = Work()
         try:
             epoch = self._ownership.epoch()
@@ -141,6 +149,8 @@ class Deliverer:
                 with partition_of(events[-1]):
                     admitted, last, done = await self._guard.admit(events)
                     work.ackable.extend(done)
+                    if last is not None:
+                        work.positions[partition] = last
                     commands = self._scheduler.partition_admitted(partition, last, self._ownership.epoch())
                     self._stepper.records(admitted, self._run(commands), work)
                     self._guard.advance(partition, last)  # after the step's writes
@@ -212,7 +222,10 @@ class Deliverer:
             elif isinstance(command, StartEffects):
                 self._start_effects(command, awaits)
             elif isinstance(command, Ack):
-                self._pipeline.acks.processed(command.effects.ackable)
+                acks = self._pipeline.acks
+                acks.processed(command.effects.ackable)
+                for partition, last in command.effects.positions.items():
+                    acks.processed_through(TP(self._settings.inbox_topic, partition), last)
                 completed = self._completed.pop(command.step, None)
                 if completed is not None and not completed.done():
                     completed.set_result(None)
@@ -228,8 +241,37 @@ class Deliverer:
         self._run(self._scheduler.tick(now_ms()))
         try:
             await self._guard.seek_again()
+            await self._read_stalled_again()
         except Exception as exc:
             fatal(exc, "deliverer re-read")
+
+    async def _read_stalled_again(self) -> None:
+        """Seek inbox partitions gone quiet with records left to their committed offset (``streams.stalls``)."""
+        consumer, now = self._app.consumer, time.monotonic()
+        owned = [tp for tp in consumer.assignment() if tp.topic == self._settings.inbox_topic]
+        if self._app.rebalancing or self._ownership.epoch() is None:
+            # Faust seeks every partition itself when the rebalance ends; each is quiet from then on.
+            self._stalls.owned([tp.partition for tp in owned], now)
+            return
+        ends = {tp.partition: self._end_offset(tp) for tp in owned}
+        committed = {tp.partition: consumer._committed_offset.get(tp) for tp in owned}
+        for partition, offset in self._stalls.stalled(now, ends, committed, self._guard.rereading()):
+            log.warning(
+                "inbox partition %d: no record for %.0f s, and its log ends at %s past the committed offset %d;"
+                " reading it again from there (Faust drops records it fetched around a rebalance)",
+                partition,
+                self._stalls.quiet_s,
+                ends[partition],
+                offset,
+            )
+            await consumer.seek(TP(self._settings.inbox_topic, partition), offset)
+
+    def _end_offset(self, tp: TP) -> int | None:
+        try:
+            end = self._app.consumer.highwater(tp)
+        except Exception:  # aiokafka: not assigned any more, or nothing fetched yet
+            return None
+        return None if end is None else int(end)
 
 
 __all__ = ["Deliverer", "install"]

@@ -31,6 +31,12 @@ Two guards close that hole:
   after ``REREAD_TIMEOUT_S``, ``GapDetected`` ends the worker without
   committing (exit code 70), and the supervisor's restart resumes from the
   committed offset, which the ack filter kept at or below the gap.
+
+Faust also drops replays (records at or below the position, read again from
+the committed offset after a rebalance), and an offset never acked would stop
+the commit below it for good: the deliverer acks by position as well
+(``AckFilter.processed_through``). A dropped record with no later one to
+reveal the jump is left to ``streams.stalls``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from faust.types.tuples import ack_lock
 
 from agents.kafka_config import client_config
 from streams.backlog import KeyValueStore
@@ -84,11 +91,18 @@ class AckFilter:
     (the Faust group's committed offset trailed for tens of seconds after a
     takeover). Our topics have no such holes (their producers are not
     transactional, none is compacted), so gaps are not recorded.
+
+    The deliverer also acks by position (``processed_through``): records at
+    or below its position guard's position were processed, by this worker or
+    an earlier owner, whether or not Faust hands them on again.
     """
 
     def __init__(self, app: Any) -> None:
         consumer = app.consumer
+        self._consumer = consumer
         self._ack = consumer.ack
+        # tp → (Faust's acked list, offset): offsets up to there were marked in that list
+        self._marked: dict[Any, tuple[list[int], int]] = {}
 
         def ack(message: Any) -> bool:
             return False  # Faust's path: a skipped or not yet durable record must stay uncommitted
@@ -102,6 +116,53 @@ class AckFilter:
     def processed(self, events: list[Any]) -> None:
         for event in events:
             self._ack(event.message)
+
+    def processed_through(self, tp: Any, last: int) -> None:
+        """Count every offset of ``tp`` up to ``last`` processed, whether or not its record reached an agent.
+
+        For the position guard's position, once the step that reached it is
+        durable and its effects started. After a rebalance the partition is
+        read again from the committed offset, and the records up to the
+        position are replays (processed by an earlier owner, or by this
+        worker before Faust forgot their acks at the revocation). Faust does
+        not hand all of them on again: it drops records fetched before the
+        seek, and some re-read ones under a read offset moved past them. An
+        offset never acked stops the commit below it for good (Faust's
+        commit takes the first run of consecutive acked offsets, and none
+        when the run does not start at the committed offset), so the group's
+        committed offset stayed up to 58 records behind while everything had
+        been delivered, and consumer lag reported a stuck partition.
+
+        Offsets are marked in Faust's own ack bookkeeping (``_acked``,
+        ``_acked_index``, what ``Consumer.ack`` writes) from the committed
+        offset on, or from where the last call left off while Faust still
+        holds the list it marked: Faust drops the list at a revocation, with
+        acks it never committed.
+        """
+        consumer = self._consumer
+        committed = consumer._committed_offset.get(tp)
+        acked: list[int] = consumer._acked[tp]
+        marked = self._marked.get(tp)
+        if committed is None:
+            # Never committed, or between a revocation and recovery's seek: only fill holes between acks.
+            if not acked:
+                return
+            start = min(acked)
+        else:
+            start = committed
+        if marked is not None and marked[0] is acked:
+            start = max(start, marked[1] + 1)
+        if start > last:
+            return
+        with ack_lock:
+            index = consumer._acked_index[tp]
+            for offset in range(start, last + 1):
+                if offset not in index:
+                    index.add(offset)
+                    acked.append(offset)
+                    consumer._n_acked += 1
+        if committed is not None:
+            self._marked[tp] = (acked, last)
 
 
 def records_between(
@@ -306,6 +367,10 @@ class PositionGuard:
             ackable.append(event)
             last = offset
         return admitted, last, ackable
+
+    def rereading(self) -> set[int]:
+        """The partitions sought back whose re-read has not arrived yet."""
+        return set(self._rereading)
 
     async def seek_again(self, after_s: float = RESEEK_S) -> None:
         """Seek again every partition whose re-read has not arrived ``after_s`` after its last seek.

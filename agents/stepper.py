@@ -36,6 +36,7 @@ class Work:
     sends: list[Send] = field(default_factory=list)
     delays: list[tuple[AppserviceID, DelayRecord]] = field(default_factory=list)
     ackable: list[Any] = field(default_factory=list)
+    positions: dict[int, int] = field(default_factory=dict)  # inbox partition → position after the step
 
 
 class Stepper:

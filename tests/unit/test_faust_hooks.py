@@ -17,7 +17,10 @@ bringing back what the hook corrects. The hooks:
   acked. Checked through that loop: nothing in such a "gap" is committed
   unprocessed, and processed records are committed at once (the "gap" doubled
   them in ``Consumer._acked``, and Faust's commit then moved one offset per
-  commit interval).
+  commit interval). Its ``processed_through`` marks offsets in Faust's ack
+  bookkeeping up to the deliverer's position: checked that replays Faust
+  never hands on again are committed past, offsets past the position are
+  not, and acks Faust forgot at a revocation are marked again.
 * ``agents.batching.take_available`` drives a stream through
   ``Stream._enable_passive``, ``Stream._processors``, ``current_event`` and
   ``enable_acks = False``. The last one matters more than it looks: Faust's
@@ -147,6 +150,55 @@ async def test_a_record_faust_skipped_is_never_committed_past(pipeline: Pipeline
     assert consumer._new_offset(tp) == 1, "processed records count; the commit stops before the skipped one"
     pipeline.acks.processed([events[1]])  # the position guard's re-read
     assert consumer._new_offset(tp) == 3
+
+
+def processed(pipeline: Pipeline, *offsets: int) -> None:
+    """The deliverer acks these records of inbox partition 0 (each reached it)."""
+    pipeline.app.topics._acking_topics.add(pipeline.settings.inbox_topic)  # what subscribing the deliverer does
+    generation = pipeline.app.consumer_generation_id
+    pipeline.acks.processed([inbox_event(pipeline, offset, generation) for offset in offsets])
+
+
+async def test_replays_faust_never_hands_on_again_are_committed_past_through_the_position(pipeline: Pipeline) -> None:
+    consumer = pipeline.app.consumer
+    tp = TP(pipeline.settings.inbox_topic, 0)
+    consumer._committed_offset[tp] = 46  # recovery's seek after a rebalance; 46..56 were processed before it
+    processed(pipeline, 46, 47, 48, 49, 50, 57)  # 51..56 never came back; 57 is new (the position is 57)
+    pipeline.acks.processed_through(tp, 57)
+    assert consumer._new_offset(tp) == 58
+
+
+async def test_offsets_past_the_position_stay_unacked(pipeline: Pipeline) -> None:
+    consumer = pipeline.app.consumer
+    tp = TP(pipeline.settings.inbox_topic, 0)
+    consumer._committed_offset[tp] = 46
+    processed(pipeline, 46, 58)
+    pipeline.acks.processed_through(tp, 56)
+    assert consumer._new_offset(tp) == 57, "57 was never processed: the commit stops before it"
+
+
+async def test_acks_faust_forgot_at_a_revocation_are_marked_again_from_the_committed_offset(pipeline: Pipeline) -> None:
+    consumer = pipeline.app.consumer
+    tp = TP(pipeline.settings.inbox_topic, 0)
+    consumer._committed_offset[tp] = 46
+    processed(pipeline, *range(46, 56))
+    pipeline.acks.processed_through(tp, 55)
+    # A revocation before the commit: Faust drops what it acked (``Consumer.on_partitions_revoked``), and
+    # recovery's seek sets the committed offset again (``Consumer.perform_seek``).
+    for bookkeeping in (consumer._acked, consumer._acked_index, consumer._committed_offset):
+        bookkeeping.pop(tp)
+    consumer._committed_offset[tp] = 46
+    processed(pipeline, 56)  # 46..55 are not handed on again
+    pipeline.acks.processed_through(tp, 56)
+    assert consumer._new_offset(tp) == 57
+
+
+async def test_with_nothing_committed_yet_the_position_fills_the_holes_between_acks(pipeline: Pipeline) -> None:
+    consumer = pipeline.app.consumer
+    tp = TP(pipeline.settings.inbox_topic, 0)
+    processed(pipeline, 0, 1, 4)
+    pipeline.acks.processed_through(tp, 4)
+    assert consumer._new_offset(tp) == 5
 
 
 class Fetcher:
