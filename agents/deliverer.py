@@ -255,6 +255,8 @@ class Deliverer:
             return
         ends = {tp.partition: self._end_offset(tp) for tp in owned}
         committed = {tp.partition: consumer._committed_offset.get(tp) for tp in owned}
+        # Faust's seek never yields (aiokafka's is synchronous): no revocation comes between the assignment
+        # read above and these seeks, so each partition sought is still assigned.
         for partition, offset in self._stalls.stalled(now, ends, committed, self._guard.rereading()):
             log.warning(
                 "inbox partition %d: no record for %.0f s, and its log ends at %s past the committed offset %d;"
