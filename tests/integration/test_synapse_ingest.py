@@ -229,14 +229,16 @@ async def room(running: Running) -> AsyncIterator[Room]:
         alice = await register_user(http, synapse, "alice")
         bob = await register_appservice_user(http, synapse, BRIDGE_AS_TOKEN, "bridge_bob")
         room_id = await alice.create_room()
+        # The bridge's user joins here, so every test of the module has the bridge in the room (the kill
+        # test alone timed out, 5 runs of 5, with nothing of interest to the bridge).
+        await alice.invite(room_id, bob.user_id)
+        await bob.join(room_id)
         yield Room(room_id, alice, bob)
 
 
 async def test_the_real_appservice_gets_through_kafka_what_synapse_would_have_sent(
     running: Running, room: Room
 ) -> None:
-    await room.alice.invite(room.room_id, room.bob.user_id)
-    await room.bob.join(room.room_id)
     sent: list[tuple[str, float]] = []
     for n in range(30):
         event_id = await room.alice.send_text(room.room_id, f"message {n}")
@@ -279,18 +281,23 @@ async def test_the_real_appservice_gets_through_kafka_what_synapse_would_have_se
 
 
 async def test_killing_the_ingest_mid_stream_loses_and_duplicates_nothing(running: Running, room: Room) -> None:
-    before = len(running.bridge_event_ids())
     sent: list[str] = []
     for n in range(60):
         if n == 20:
             running.ingest.kill()
         if n == 40:
             running.ingest.start()  # reads back its last position; Synapse retries what failed
+            # Synapse's own race: an event whose txn it creates while the AS is down, after its recoverer's
+            # last look for unsent txns, is stored and not sent until the AS next fails (2 of 20 runs lost
+            # burst 43 so; the ingest never got it). So nothing is sent while Synapse recovers.
+            await running.until(lambda: set(sent) <= set(running.bridge_event_ids()), timeout_s=90)
+            await asyncio.sleep(1.0)  # its recoverer marks the AS up after the last retry's response
         sent.append(await room.alice.send_text(room.room_id, f"burst {n}"))
         await asyncio.sleep(0.025)
 
     await running.until(lambda: set(sent) <= set(running.bridge_event_ids()), timeout_s=90)
     await asyncio.sleep(1.0)  # a duplicate would come now
-    after = running.bridge_event_ids()[before:]
-    assert after == sent  # nothing lost, nothing twice, in order
+    burst = set(sent)  # events sent before may still be on their way (the room's join, run alone)
+    # Nothing lost, nothing twice, in order.
+    assert [event_id for event_id in running.bridge_event_ids() if event_id in burst] == sent
     assert len(set(running.bridge_event_ids())) == len(running.bridge_event_ids())
