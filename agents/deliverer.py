@@ -89,8 +89,7 @@ class Deliverer:
         self._pipeline, self._app = pipeline, pipeline.app
         self._store = TableStore(pipeline.appservices, pipeline.changelog)
         partition_log = KafkaPartitionLog(s.bootstrap_servers, s.inbox_topic, s.app_id, s.kafka_security)
-        seek = lambda partition, offset: self._app.consumer.seek(TP(s.inbox_topic, partition), offset)  # noqa: E731
-        self._guard = PositionGuard(self._store, partition_log, seek)
+        self._guard = PositionGuard(self._store, partition_log, self._seek_inbox)
         self._ownership = Ownership(self._app)
         self._stepper = Stepper(pipeline, self._store)
         self._scheduler: Scheduler[Work] = Scheduler(self._stepper.inbox_partition)
@@ -103,10 +102,16 @@ class Deliverer:
         self._app.agent(pipeline.inbox, name="deliverer")(self._deliver)
         self._app.timer(interval=RESEEK_S / 2)(self._tick)
 
+    def _inbox_partitions(self, tps: Any) -> list[int]:
+        return [tp.partition for tp in tps if tp.topic == self._settings.inbox_topic]
+
+    async def _seek_inbox(self, partition: int, offset: int) -> None:
+        """Read inbox ``partition`` again from ``offset`` (Faust's seek also moves its read offset back)."""
+        await self._app.consumer.seek(TP(self._settings.inbox_topic, partition), offset)
+
     async def _assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         self._ownership.assigned()
-        inbox = self._settings.inbox_topic
-        self._stalls.owned([tp.partition for tp in assigned if tp.topic == inbox], time.monotonic())
+        self._stalls.owned(self._inbox_partitions(assigned), time.monotonic())
 
     async def _revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
         if AwaitSettling() in self._scheduler.revoking() and self._settling:
@@ -248,13 +253,14 @@ class Deliverer:
     async def _read_stalled_again(self) -> None:
         """Seek inbox partitions gone quiet with records left to their committed offset (``streams.stalls``)."""
         consumer, now = self._app.consumer, time.monotonic()
-        owned = [tp for tp in consumer.assignment() if tp.topic == self._settings.inbox_topic]
+        owned = self._inbox_partitions(consumer.assignment())
         if self._app.rebalancing or self._ownership.epoch() is None:
             # Faust seeks every partition itself when the rebalance ends; each is quiet from then on.
-            self._stalls.owned([tp.partition for tp in owned], now)
+            self._stalls.owned(owned, now)
             return
-        ends = {tp.partition: self._end_offset(tp) for tp in owned}
-        committed = {tp.partition: consumer._committed_offset.get(tp) for tp in owned}
+        inbox = self._settings.inbox_topic
+        ends = {partition: self._end_offset(TP(inbox, partition)) for partition in owned}
+        committed = {partition: consumer._committed_offset.get(TP(inbox, partition)) for partition in owned}
         # Faust's seek never yields (aiokafka's is synchronous): no revocation comes between the assignment
         # read above and these seeks, so each partition sought is still assigned.
         for partition, offset in self._stalls.stalled(now, ends, committed, self._guard.rereading()):
@@ -266,7 +272,7 @@ class Deliverer:
                 ends[partition],
                 offset,
             )
-            await consumer.seek(TP(self._settings.inbox_topic, partition), offset)
+            await self._seek_inbox(partition, offset)
 
     def _end_offset(self, tp: TP) -> int | None:
         try:
